@@ -1,0 +1,36 @@
+# pycni: run as root. See README.md.
+PYTHON      ?= python3
+PREFIX      ?= /opt/pycni
+CNI_BIN_DIR ?= /opt/cni/bin
+# prefixed: pycni-<plugin> beside the reference plugins; reference: bridge, host-local, loopback...
+CNI_NAMES   ?= prefixed
+VENV        ?= .venv
+
+.PHONY: install uninstall test lint bench demo clean
+
+install:
+	$(PYTHON) scripts/install.py --prefix $(PREFIX) --bin-dir $(CNI_BIN_DIR) --names $(CNI_NAMES)
+
+uninstall:
+	$(PYTHON) scripts/install.py --bin-dir $(CNI_BIN_DIR) --uninstall
+
+test:
+	bash scripts/test
+
+lint: $(VENV)/bin/python
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports
+
+bench:
+	$(PYTHON) scripts/bench.py
+
+demo:
+	bash scripts/demo
+
+clean:
+	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
+
+$(VENV)/bin/python:
+	bash scripts/bootstrap

@@ -1,0 +1,60 @@
+"""The executables pycni installs, by plugin name, and their common `main`.
+
+Importing this module costs only `spec.plugin` (json and the version table). VERSION and the
+about line are answered from there; every other verb loads the dispatcher, and each plugin's
+handler module (with pyroute2/pydantic) is imported only when its verb runs.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .spec.plugin import Plugin, about_text, read_version_input, version_reply
+
+
+def _loopback():  # noqa: ANN202 - returns skel.Handlers; annotated lazily to keep imports light
+    from . import loopback
+
+    return loopback.HANDLERS
+
+
+def _bridge():  # noqa: ANN202 - returns skel.Handlers
+    from . import bridge
+
+    return bridge.HANDLERS
+
+
+PLUGINS: dict[str, Plugin] = {
+    "bridge": Plugin(
+        name="bridge",
+        about="connects the container to a Linux bridge through a veth pair",
+        load_handlers=_bridge,
+    ),
+    "loopback": Plugin(
+        name="loopback",
+        about="sets the loopback interface up in the container namespace",
+        load_handlers=_loopback,
+    ),
+}
+
+
+def main(name: str | None = None) -> int:
+    """Entry point: the plugin named `name`, or by the executable's name (pycni-<name> or <name>)."""
+    if name is None:
+        base = os.path.basename(sys.argv[0])
+        name = base[len("pycni-") :] if base.startswith("pycni-") else base
+    plugin = PLUGINS.get(name)
+    if plugin is None:
+        sys.stderr.write(f"pycni: no plugin named {name!r}; known: {', '.join(sorted(PLUGINS))}\n")
+        return 2
+    verb = os.environ.get("CNI_COMMAND", "")
+    if verb == "VERSION":
+        sys.stdout.write(version_reply(plugin, read_version_input(sys.stdin.buffer)))
+        return 0
+    if not verb:
+        sys.stderr.write(about_text(plugin))
+        return 0
+    from .spec import skel
+
+    return skel.main(plugin)
