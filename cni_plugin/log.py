@@ -12,7 +12,7 @@ import os
 import sys
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import IO, Any
 
 ENV_VAR = "PYCNI_LOG_FILE"
 CONFIG_KEY = "logFile"
@@ -35,8 +35,10 @@ def record(
     duration: float,
     error: Any = None,
     trace: str = "",
+    stderr: IO[str] | None = None,
     **extra: Any,
 ) -> None:
+    """Append one JSON line to `destination`; "stderr" means `stderr` (default sys.stderr)."""
     if not destination:
         return
     entry: dict[str, Any] = {
@@ -57,7 +59,7 @@ def record(
     line = json.dumps(entry) + "\n"
     try:
         if destination == "stderr":
-            sys.stderr.write(line)
+            (stderr or sys.stderr).write(line)
             return
         # O_APPEND makes each line one atomic write for concurrent plugin processes.
         fd = os.open(destination, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
@@ -65,5 +67,5 @@ def record(
             os.write(fd, line.encode())
         finally:
             os.close(fd)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a closed stream
         pass  # a broken log destination must never fail the CNI operation

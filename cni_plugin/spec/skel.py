@@ -55,8 +55,8 @@ def ifname_problem(name: str) -> str | None:
     """Why `name` is not a valid Linux interface name, or None (rules of pkg/utils ValidateInterfaceName)."""
     if not name:
         return "is empty"
-    if len(name) > IFNAME_MAX:
-        return f"is longer than {IFNAME_MAX} characters"
+    if len(os.fsencode(name)) > IFNAME_MAX:  # IFNAMSIZ counts bytes, not characters
+        return f"is longer than {IFNAME_MAX} bytes"
     if name in (".", ".."):
         return "may not be '.' or '..'"
     for char in name:
@@ -138,10 +138,14 @@ class Handlers:
 
 def _validate_environment(verb: str, environ: Mapping[str, str]) -> None:
     problems = [f"{name} is missing" for name in REQUIRED_ENV[verb] if not environ.get(name)]
-    container_id = environ.get("CNI_CONTAINERID", "")
-    if container_id and not ID_PATTERN.match(container_id):
+    # Only the values a verb uses are validated (as pkg/skel): VERSION, GC and STATUS answer
+    # whatever CNI_CONTAINERID/CNI_IFNAME a runtime happens to pass along.
+    uses = REQUIRED_ENV[verb]
+    container_id = environ.get("CNI_CONTAINERID", "") if "CNI_CONTAINERID" in uses else ""
+    # fullmatch: with match, `$` also matches before a trailing newline ("ctr\n" would pass).
+    if container_id and not ID_PATTERN.fullmatch(container_id):
         problems.append(f"CNI_CONTAINERID {container_id!r} must match {ID_PATTERN.pattern}")
-    ifname = environ.get("CNI_IFNAME", "")
+    ifname = environ.get("CNI_IFNAME", "") if "CNI_IFNAME" in uses else ""
     if ifname:
         reason = ifname_problem(ifname)
         if reason:
@@ -220,7 +224,7 @@ def dispatch(
         reply_version = version
         require_verb_allowed(verb, version)
         name = config.get("name")
-        if not isinstance(name, str) or not ID_PATTERN.match(name):
+        if not isinstance(name, str) or not ID_PATTERN.fullmatch(name):
             raise InvalidConfig(
                 "invalid network name", f"'name' must be a string matching {ID_PATTERN.pattern}, got {name!r}"
             )
@@ -247,18 +251,18 @@ def dispatch(
         outcome = plugin.load_handlers().for_verb(verb)(args)
         if verb == "ADD":
             _print_json(stdout, convert.result_to_wire(outcome, version))
-        _log(plugin, environ, config, verb, started, None)
+        _log(plugin, environ, config, verb, started, stderr, None)
         return 0
     except CNIError as exc:
         _print_json(stdout, exc.to_wire(reply_version))
-        _log(plugin, environ, config, verb, started, exc)
+        _log(plugin, environ, config, verb, started, stderr, exc)
         return 1
     except Exception as exc:  # noqa: BLE001 - the last-resort mapping the spec wants as 999
         trace = traceback.format_exc()
         stderr.write(trace)
         error = InternalError(f"unexpected {type(exc).__name__}", str(exc))
         _print_json(stdout, error.to_wire(reply_version))
-        _log(plugin, environ, config, verb, started, error, trace)
+        _log(plugin, environ, config, verb, started, stderr, error, trace)
         return 1
 
 
@@ -268,6 +272,7 @@ def _log(
     config: Mapping[str, Any],
     verb: str,
     started: float,
+    stderr: IO[str],
     error: CNIError | None,
     trace: str = "",
 ) -> None:
@@ -282,6 +287,7 @@ def _log(
         duration=time.monotonic() - started,
         error=error,
         trace=trace,
+        stderr=stderr,
     )
 
 

@@ -1,0 +1,90 @@
+"""VERSION stays light: podman calls it on every plugin of a chain each time it loads a network.
+
+Each case runs in a fresh interpreter (this test process has long since imported everything) and
+reports which heavy modules ended up in sys.modules.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+HEAVY = ("pyroute2", "pydantic")
+
+# Runs in the child: `body` leaves the plugin's stdout in `out`; the last line reports.
+CHILD = """
+import io, json, os, sys
+os.environ.clear()
+{body}
+heavy = sorted({{m.split(".")[0] for m in sys.modules}} & set({heavy!r}))
+sys.__stdout__.write("\\n" + json.dumps({{"out": out, "heavy": heavy}}) + "\\n")
+"""
+
+VIA_MAIN = """
+os.environ["CNI_COMMAND"] = "VERSION"
+sys.stdin = io.TextIOWrapper(io.BytesIO(b'{"cniVersion": "0.3.1"}'))
+sys.stdout = io.StringIO()
+from cni_plugin import entry
+assert entry.main("loopback") == 0
+out = sys.stdout.getvalue()
+"""
+
+VIA_DISPATCH = """
+from cni_plugin import entry
+from cni_plugin.spec import skel
+stdout = io.StringIO()
+code = skel.dispatch(entry.PLUGINS["loopback"], {env!r}, io.BytesIO({stdin!r}), stdout, io.StringIO())
+out = stdout.getvalue()
+"""
+
+LOAD_HANDLERS = """
+from cni_plugin import entry
+entry.PLUGINS["loopback"].load_handlers()
+out = ""
+"""
+
+
+def run_child(body: str) -> tuple[dict, list[str]]:
+    code = CHILD.format(body=body, heavy=HEAVY)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=30,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout.splitlines()[-1])
+    return (json.loads(report["out"]) if report["out"].strip() else {}), report["heavy"]
+
+
+def test_entry_main_version_imports_neither_pyroute2_nor_pydantic() -> None:
+    reply, heavy = run_child(VIA_MAIN)
+    assert reply["cniVersion"] == "0.3.1" and "0.3.1" in reply["supportedVersions"]
+    assert heavy == []
+
+
+@pytest.mark.parametrize(
+    ("env", "stdin", "code"),
+    [
+        ({"CNI_COMMAND": "VERSION"}, b"", None),
+        # Errors found before a handler runs must not pay for the handler's imports either.
+        ({"CNI_COMMAND": "ADD"}, b"{}", 4),
+        ({"CNI_COMMAND": "CHECK", "CNI_CONTAINERID": "c", "CNI_NETNS": "/x", "CNI_IFNAME": "lo", "CNI_PATH": "/x"},
+         b'{"cniVersion": "0.3.1", "name": "cni-loopback"}', 1),
+    ],
+    ids=["version", "missing-env", "check-at-0.3.1"],
+)
+def test_dispatch_before_a_handler_imports_neither(env: dict, stdin: bytes, code: int | None) -> None:
+    reply, heavy = run_child(VIA_DISPATCH.format(env=env, stdin=stdin))
+    assert reply.get("code") == code, reply
+    assert heavy == []
+
+
+def test_the_check_can_see_a_heavy_import() -> None:
+    # Control: loading the loopback handlers does pull in pyroute2, so an empty list above means
+    # VERSION really avoided it rather than the detector being blind.
+    _, heavy = run_child(LOAD_HANDLERS)
+    assert "pyroute2" in heavy
