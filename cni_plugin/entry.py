@@ -19,22 +19,22 @@ def _loopback():  # noqa: ANN202 - returns skel.Handlers; annotated lazily to ke
     return loopback.HANDLERS
 
 
-def _bridge():  # noqa: ANN202 - returns skel.Handlers
-    from . import bridge
+def _host_local():  # noqa: ANN202 - returns skel.Handlers
+    from ipam import main
 
-    return bridge.HANDLERS
+    return main.HANDLERS
 
 
 PLUGINS: dict[str, Plugin] = {
-    "bridge": Plugin(
-        name="bridge",
-        about="connects the container to a Linux bridge through a veth pair",
-        load_handlers=_bridge,
-    ),
     "loopback": Plugin(
         name="loopback",
         about="sets the loopback interface up in the container namespace",
         load_handlers=_loopback,
+    ),
+    "host-local": Plugin(
+        name="host-local",
+        about="host-local IPAM: allocates addresses from range sets, stored on this node",
+        load_handlers=_host_local,
     ),
 }
 

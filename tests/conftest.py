@@ -114,7 +114,9 @@ def free_subnet(version: int = 4, prefix: int | None = None):
 @pytest.fixture(scope="session", autouse=True)
 def _require_root(request) -> None:
     # Integration tests need root and are never skipped silently.
-    wants_root = any("integration" in str(item.fspath) for item in request.session.items)
+    wants_root = any(
+        part in str(item.fspath) for item in request.session.items for part in ("integration", "acceptance")
+    )
     if wants_root and os.geteuid() != 0:
         pytest.exit("integration tests need root (network namespaces); run as root", returncode=2)
 
