@@ -26,7 +26,7 @@ bench:
 	$(PYTHON) scripts/bench.py
 
 demo:
-	bash scripts/demo
+	$(PYTHON) scripts/demo.py --bin-dir $(CNI_BIN_DIR)
 
 clean:
 	rm -rf build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

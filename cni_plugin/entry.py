@@ -25,7 +25,18 @@ def _host_local():  # noqa: ANN202 - returns skel.Handlers
     return main.HANDLERS
 
 
+def _bridge():  # noqa: ANN202 - returns skel.Handlers
+    from . import bridge
+
+    return bridge.HANDLERS
+
+
 PLUGINS: dict[str, Plugin] = {
+    "bridge": Plugin(
+        name="bridge",
+        about="connects the container to a Linux bridge through a veth pair",
+        load_handlers=_bridge,
+    ),
     "loopback": Plugin(
         name="loopback",
         about="sets the loopback interface up in the container namespace",

@@ -7,9 +7,12 @@ code), anything else -> NetlinkFailure (code 103) naming the operation and the e
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import ipaddress
 import os
+import socket
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,12 +22,16 @@ from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from . import netns
-from .spec.errors import LinkNotFound, NetlinkFailure
-from .spec.types import IPInterface
+from .spec.errors import InterfaceExists, LinkConflict, LinkNotFound, NetlinkFailure
+from .spec.types import IPAddress, IPInterface, IPNetwork
 
 T = TypeVar("T")
 
 IFF_UP = 0x1
+IFF_PROMISC = 0x100
+IFA_F_NODAD = 0x02
+IFA_F_DADFAILED = 0x08
+IFA_F_TENTATIVE = 0x40
 GONE_ERRNOS = (errno.ENODEV, errno.ENOENT)
 
 
@@ -127,6 +134,271 @@ class Netlink:
             if family is None or iface.version == family:
                 found.append(iface)
         return found
+
+
+    def link_exists(self, name: str) -> bool:
+        try:
+            self.link_index(name)
+        except LinkNotFound:
+            return False
+        return True
+
+    def link_names(self) -> list[str]:
+        msgs = self._call("list links", self._ipr.get_links)
+        return [m.get_attr("IFLA_IFNAME") for m in msgs]
+
+    def set_master(self, name: str, master: str) -> None:
+        index, master_index = self.link_index(name), self.link_index(master)
+        self._call(f"enslave {name} to {master}", self._ipr.link, "set", index=index, master=master_index)
+
+    def set_mac(self, name: str, mac: str) -> None:
+        index = self.link_index(name)
+        self._call(f"set MAC of {name} to {mac}", self._ipr.link, "set", index=index, address=mac)
+
+    def set_mtu(self, name: str, mtu: int) -> None:
+        index = self.link_index(name)
+        self._call(f"set MTU of {name} to {mtu}", self._ipr.link, "set", index=index, mtu=mtu)
+
+    def set_promisc(self, name: str, on: bool) -> None:
+        index = self.link_index(name)
+        link = self._call(f"get link {name}", self._ipr.link, "get", index=index)[0]
+        flags = link["flags"] | IFF_PROMISC if on else link["flags"] & ~IFF_PROMISC
+        self._call(f"set promisc on {name}", self._ipr.link, "set", index=index, flags=flags, change=IFF_PROMISC)
+
+    def promisc(self, name: str) -> bool:
+        index = self.link_index(name)
+        link = self._call(f"get link {name}", self._ipr.link, "get", index=index)[0]
+        return bool(link["flags"] & IFF_PROMISC)
+
+    def ensure_bridge(
+        self, name: str, *, mtu: int | None = None, promisc: bool = False
+    ) -> tuple[LinkInfo, bool]:
+        """The bridge `name`, created and up; returns (link, created_by_this_call).
+
+        Concurrent ADDs on a fresh node race here: creation treats EEXIST as "someone else won"
+        (then checks the kind), so every racer ends up with the same single bridge. A link of that
+        name that is not a bridge is a LinkConflict (105). The creator pins the bridge MAC to its
+        own random address (addr_assign_type=SET): otherwise the kernel gives the bridge the lowest
+        MAC among its ports, and the node's gateway MAC changes as pods come and go.
+        """
+        created = False
+        kwargs: dict[str, Any] = {"ifname": name, "kind": "bridge"}
+        if mtu:
+            kwargs["mtu"] = mtu
+        try:
+            self._ipr.link("add", **kwargs)
+            created = True
+        except NetlinkError as exc:
+            if exc.code != errno.EEXIST:
+                raise NetlinkFailure(f"netlink: create bridge {name} failed", _errno_name(exc.code)) from exc
+        link = self.link(name)
+        if link.kind != "bridge":
+            raise LinkConflict(
+                f"link {name} exists and is not a bridge", f"it is of kind {link.kind or 'unknown'!r}"
+            )
+        if created:
+            self.set_mac(name, link.mac)
+        if promisc:
+            self.set_promisc(name, True)
+        self.set_up(name)
+        return self.link(name), created
+
+    def create_veth_pair(
+        self, host_name: str, peer_name: str, peer_netns: str, *, mtu: int | None = None, peer_mac: str = ""
+    ) -> None:
+        """A veth pair: `host_name` in this session's namespace, `peer_name` created directly in
+        the namespace at `peer_netns` (no rename or move step that could leave a half pair).
+
+        EEXIST means one of the names is taken (the caller checks the pod side first to say which).
+        """
+        fd = netns.open_netns(peer_netns)
+        try:
+            peer: dict[str, Any] = {"ifname": peer_name, "net_ns_fd": fd}
+            if mtu:
+                peer["mtu"] = mtu
+            if peer_mac:
+                peer["address"] = peer_mac
+            kwargs: dict[str, Any] = {"ifname": host_name, "kind": "veth", "peer": peer}
+            if mtu:
+                kwargs["mtu"] = mtu
+            try:
+                self._ipr.link("add", **kwargs)
+            except NetlinkError as exc:
+                if exc.code == errno.EEXIST:
+                    raise InterfaceExists(
+                        f"cannot create veth pair {host_name}/{peer_name}", "a link of that name exists"
+                    ) from exc
+                raise NetlinkFailure(
+                    f"netlink: create veth {host_name} (peer {peer_name}) failed", _errno_name(exc.code)
+                ) from exc
+        finally:
+            os.close(fd)
+
+    def delete_link(self, name: str) -> bool:
+        """Delete `name`; False when it was already gone (idempotent)."""
+        try:
+            index = self.link_index(name)
+            self._call(f"delete link {name}", self._ipr.link, "del", index=index)
+        except LinkNotFound:
+            return False
+        return True
+
+    def set_bridge_port(self, name: str, *, hairpin: bool = False, isolated: bool = False) -> None:
+        index = self.link_index(name)
+        opts: dict[str, Any] = {}
+        if hairpin:
+            opts["mode"] = 1  # IFLA_BRPORT_MODE: BRIDGE_MODE_HAIRPIN
+        if isolated:
+            opts["isolated"] = 1
+        if opts:
+            self._call(f"set bridge port flags on {name}", self._ipr.brport, "set", index=index, **opts)
+
+    def bridge_port(self, name: str) -> dict[str, int]:
+        index = self.link_index(name)
+        msgs = self._call(f"show bridge port {name}", self._ipr.brport, "show", index=index)
+        out: dict[str, int] = {}
+        for msg in msgs:
+            info = msg.get_attr("IFLA_PROTINFO")
+            if info is None:
+                continue
+            for nla_name, value in info["attrs"]:
+                out[nla_name] = value
+        return out
+
+    def wait_operstate_up(self, name: str, delays: tuple[float, ...] = (0, 0.05, 0.5, 1, 1)) -> bool:
+        """Poll until `name` is operationally UP (the reference's retry schedule); True if it is."""
+        for delay in delays:
+            time.sleep(delay)
+            if self.link(name).operstate == "UP":
+                return True
+        return False
+
+    # --- addresses and routes --------------------------------------------------------------------
+
+    def add_address(self, name: str, address: IPInterface, *, nodad: bool = False) -> bool:
+        """Add `address`; False when it was already there (EEXIST: a racing ADD put it first)."""
+        index = self.link_index(name)
+        kwargs: dict[str, Any] = {"index": index, "address": str(address.ip), "prefixlen": address.network.prefixlen}
+        if address.version == 4:
+            kwargs["broadcast"] = str(address.network.broadcast_address)
+        if nodad and address.version == 6:
+            kwargs["flags"] = IFA_F_NODAD
+        try:
+            self._ipr.addr("add", **kwargs)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                return False
+            raise NetlinkFailure(f"netlink: add address {address} to {name} failed", _errno_name(exc.code)) from exc
+        return True
+
+    def delete_address(self, name: str, address: IPInterface) -> bool:
+        try:
+            index = self.link_index(name)
+            self._ipr.addr("del", index=index, address=str(address.ip), prefixlen=address.network.prefixlen)
+        except LinkNotFound:
+            return False
+        except NetlinkError as exc:
+            if exc.code in (*GONE_ERRNOS, errno.EADDRNOTAVAIL):
+                return False
+            raise NetlinkFailure(
+                f"netlink: delete address {address} from {name} failed", _errno_name(exc.code)
+            ) from exc
+        return True
+
+    def tentative_addresses(self, name: str) -> tuple[list[IPInterface], list[IPInterface]]:
+        """(tentative, dad-failed) IPv6 addresses of `name`."""
+        index = self.link_index(name)
+        msgs = self._call(f"list addresses of {name}", self._ipr.get_addr, index=index, family=socket.AF_INET6)
+        tentative, failed = [], []
+        for msg in msgs:
+            flags = msg.get_attr("IFA_FLAGS") or msg["flags"]
+            iface = ipaddress.ip_interface(f"{msg.get_attr('IFA_ADDRESS')}/{msg['prefixlen']}")
+            if flags & IFA_F_DADFAILED:
+                failed.append(iface)
+            elif flags & IFA_F_TENTATIVE:
+                tentative.append(iface)
+        return tentative, failed
+
+    def add_route(
+        self, dst: IPNetwork, *, gw: IPAddress | None = None, dev: str | None = None, **extra: Any
+    ) -> bool:
+        """Add a route; False when it already existed."""
+        kwargs: dict[str, Any] = {"dst": str(dst)}
+        if gw is not None:
+            kwargs["gateway"] = str(gw)
+        if dev is not None:
+            kwargs["oif"] = self.link_index(dev)
+        kwargs.update({k: v for k, v in extra.items() if v is not None})
+        try:
+            self._ipr.route("add", **kwargs)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                return False
+            via = f" via {gw}" if gw else ""
+            raise NetlinkFailure(f"netlink: add route {dst}{via} failed", _errno_name(exc.code)) from exc
+        return True
+
+    def routes(self, dev: str | None = None, family: int | None = None) -> list[tuple[IPNetwork, IPAddress | None]]:
+        """Main-table routes as (dst, gw), optionally only those through `dev`."""
+        kwargs: dict[str, Any] = {"table": 254}
+        if dev is not None:
+            kwargs["oif"] = self.link_index(dev)
+        out = []
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            if family is not None and fam != {4: socket.AF_INET, 6: socket.AF_INET6}[family]:
+                continue
+            msgs = self._call("list routes", self._ipr.get_routes, family=fam, **kwargs)
+            for msg in msgs:
+                dst = msg.get_attr("RTA_DST")
+                width = 32 if fam == socket.AF_INET else 128
+                base = dst or ("0.0.0.0" if fam == socket.AF_INET else "::")
+                net = ipaddress.ip_network(f"{base}/{msg['dst_len'] if dst else 0}", strict=False)
+                gw = msg.get_attr("RTA_GATEWAY")
+                del width
+                out.append((net, ipaddress.ip_address(gw) if gw else None))
+        return out
+
+    def default_route_mtu(self) -> int | None:
+        """MTU of the interface carrying this namespace's default route (IPv4 first), if any."""
+        for fam in (socket.AF_INET, socket.AF_INET6):
+            try:
+                msgs = self._ipr.get_default_routes(family=fam)
+            except NetlinkError:
+                continue
+            for msg in msgs:
+                oif = msg.get_attr("RTA_OIF")
+                if oif is None:
+                    mp = msg.get_attr("RTA_MULTIPATH")
+                    oif = mp[0]["oif"] if mp else None
+                if oif:
+                    try:
+                        return self.link_by_index(oif).mtu
+                    except (LinkNotFound, NetlinkFailure):
+                        continue
+        return None
+
+    # --- sysctls (/proc/sys/net is per network namespace of the opening thread) -------------------
+
+    def _in_netns(self) -> Any:
+        return netns.entered(self.netns_path) if self.netns_path else contextlib.nullcontext()
+
+    def sysctl_set(self, key: str, value: str) -> None:
+        """Write net sysctl `key` (e.g. 'ipv6/conf/eth0/accept_dad') in this session's namespace."""
+        path = f"/proc/sys/net/{key}"
+        with self._in_netns():
+            try:
+                with open(path, "w") as fh:
+                    fh.write(value)
+            except OSError as exc:
+                raise NetlinkFailure(f"cannot set sysctl net/{key}={value}", exc.strerror or str(exc)) from exc
+
+    def sysctl_get(self, key: str) -> str | None:
+        with self._in_netns():
+            try:
+                with open(f"/proc/sys/net/{key}") as fh:
+                    return fh.read().strip()
+            except OSError:
+                return None
 
 
 @contextmanager

@@ -1,0 +1,111 @@
+"""Apply render.py's transactions with the `nft` tool (`nft -f -`: one atomic kernel transaction).
+
+Every nft failure becomes FirewallFailure (code 106) carrying nft's own message.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterable
+
+from ..spec.errors import FirewallFailure
+from ..spec.types import IPInterface
+from . import render
+from .backend import MasqEntry, SpoofEntry
+
+NFT_CANDIDATES = ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft")
+
+
+def _nft_binary() -> str:
+    found = shutil.which("nft")
+    if found:
+        return found
+    for candidate in NFT_CANDIDATES:
+        if shutil.which(candidate):
+            return candidate
+    raise FirewallFailure("nftables is not usable", "the nft executable was not found")
+
+
+class NftMasquerade:
+    """The Masquerade backend on the kernel's nftables, in the caller's network namespace."""
+
+    def __init__(self, nft: str | None = None) -> None:
+        self._nft = nft
+
+    def _run(self, argv: list[str], script: str = "", what: str = "") -> str:
+        nft = self._nft or _nft_binary()
+        try:
+            proc = subprocess.run([nft, *argv], input=script, capture_output=True, text=True, timeout=30)
+        except (OSError, subprocess.SubprocessError) as exc:
+            raise FirewallFailure(f"nftables: {what} failed", str(exc)) from exc
+        if proc.returncode != 0:
+            raise FirewallFailure(f"nftables: {what} failed", proc.stderr.strip() or f"exit {proc.returncode}")
+        return proc.stdout
+
+    def add(self, network: str, tag: str, addresses: Iterable[IPInterface]) -> None:
+        self._run(["-f", "-"], render.render_add(network, tag, addresses), f"masquerade setup for {network}")
+
+    def entries(self, network: str) -> list[MasqEntry]:
+        nft = self._nft or _nft_binary()
+        proc = subprocess.run(
+            [nft, "-j", "list", "table", render.FAMILY, render.TABLE], capture_output=True, text=True, timeout=30
+        )
+        if proc.returncode != 0:
+            if "No such file or directory" in proc.stderr:
+                return []  # the table was never created: nothing to find
+            raise FirewallFailure("nftables: listing the pycni table failed", proc.stderr.strip())
+        return render.parse_entries(network, render.parse_listing(proc.stdout))
+
+    def _delete(self, network: str, doomed: list[MasqEntry]) -> list[MasqEntry]:
+        if doomed:
+            self._run(["-f", "-"], render.render_delete(network, doomed), f"masquerade removal for {network}")
+        return doomed
+
+    def remove(self, network: str, tag: str) -> list[MasqEntry]:
+        return self._delete(network, [e for e in self.entries(network) if e.tag == tag])
+
+    def gc(self, network: str, keep: set[str]) -> list[MasqEntry]:
+        return self._delete(network, [e for e in self.entries(network) if e.tag not in keep])
+
+    def usable(self) -> None:
+        # A dry run (-c) of creating the table: proves nft exists and the kernel accepts inet nat.
+        script = "\n".join(render.render_skeleton("pycni-status-probe")) + "\n"
+        self._run(["-c", "-f", "-"], script, "status probe")
+
+
+class NftSpoofCheck:
+    """macspoofchk on the kernel's nftables (`bridge pycni` table, see render.py)."""
+
+    def __init__(self, nft: str | None = None) -> None:
+        self._runner = NftMasquerade(nft)
+
+    def add(self, network: str, tag: str, host_if: str, mac: str) -> None:
+        self._runner._run(["-f", "-"], render.render_spoof_add(network, tag, host_if, mac), "macspoofchk setup")
+
+    def _all(self) -> list[SpoofEntry]:
+        nft = self._runner._nft or _nft_binary()
+        proc = subprocess.run([nft, "-j", "list", "table", "bridge", render.TABLE], capture_output=True, text=True,
+                              timeout=30)
+        if proc.returncode != 0:
+            if "No such file or directory" in proc.stderr:
+                return []
+            raise FirewallFailure("nftables: listing the bridge pycni table failed", proc.stderr.strip())
+        return render.parse_spoof_entries(render.parse_listing(proc.stdout))
+
+    def entries(self, network: str) -> list[SpoofEntry]:
+        prefix = render.network_id(network) + "-"
+        return [e for e in self._all() if e.comment.startswith(prefix)]
+
+    def _delete(self, doomed: list[SpoofEntry]) -> list[SpoofEntry]:
+        if doomed:
+            self._runner._run(["-f", "-"], render.render_spoof_delete(doomed), "macspoofchk removal")
+        return doomed
+
+    def remove(self, network: str, tag: str) -> list[SpoofEntry]:
+        wanted = render.spoof_comment(network, tag)
+        return self._delete([e for e in self._all() if e.comment == wanted])
+
+    def gc(self, network: str, keep: set[str]) -> list[SpoofEntry]:
+        keep_comments = {render.spoof_comment(network, tag) for tag in keep}
+        return self._delete([e for e in self.entries(network) if e.comment not in keep_comments])

@@ -1,0 +1,67 @@
+"""The undo stack for ADD: push the inverse of each create right after it succeeds.
+
+    with Undo(stderr) as undo:
+        create_veth(...)
+        undo.push("delete veth vethX", delete_veth, "vethX")
+        ...
+        undo.disarm()            # success: keep everything
+        return result
+
+If an exception escapes the block, the pushed steps run in reverse (LIFO) order. Each step is
+meant to be idempotent; a step that raises is logged to stderr and the unwinding goes on, and the
+original exception is the one that propagates (an undo failure never masks the cause). "Already
+gone" (NotFound) counts as done. This is the Go plugins' success-flag-plus-defer pattern.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import IO, Any, Literal
+
+from .spec.errors import NotFound
+
+
+@dataclass
+class _Step:
+    what: str
+    fn: Callable[..., Any]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+class Undo:
+    def __init__(self, log: IO[str] | None = None) -> None:
+        self._steps: list[_Step] = []
+        self._log = log
+        self.failures: list[str] = []
+        self.ran: list[str] = []
+
+    def push(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        self._steps.append(_Step(what, fn, args, kwargs))
+
+    def disarm(self) -> None:
+        """Success: forget every step (nothing will be undone)."""
+        self._steps.clear()
+
+    def unwind(self) -> None:
+        while self._steps:
+            step = self._steps.pop()
+            self.ran.append(step.what)
+            try:
+                step.fn(*step.args, **step.kwargs)
+            except NotFound:
+                pass  # already gone: that is what the undo wanted
+            except Exception as exc:  # noqa: BLE001 - log and keep unwinding, never mask the cause
+                line = f"pycni: rollback step {step.what!r} failed: {type(exc).__name__}: {exc}"
+                self.failures.append(line)
+                (self._log or sys.stderr).write(line + "\n")
+
+    def __enter__(self) -> Undo:
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> Literal[False]:
+        if exc_type is not None:
+            self.unwind()
+        return False  # the original exception propagates
