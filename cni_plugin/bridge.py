@@ -31,7 +31,7 @@ from . import invoke, netlink, netns
 from .config import PassThroughModel, parse_config
 from .firewall import attachment_tag
 from .firewall.backend import Masquerade, SpoofCheck
-from .rollback import Undo
+from .rollback import Sweep, Undo
 from .spec.errors import (
     CheckFailed,
     CNIError,
@@ -429,8 +429,8 @@ def _delete_pair(args: CmdArgs) -> None:
 
 def delete(args: CmdArgs) -> None:
     conf = load_conf(args, strict=False)
-    errors: list[CNIError] = []
     tag = attachment_tag(args.container_id, args.ifname)
+    sweep = Sweep()
 
     if args.netns:
         try:
@@ -438,33 +438,19 @@ def delete(args: CmdArgs) -> None:
         except (NetnsNotFound, LinkNotFound, InvalidNetns):
             pass  # already gone (reboot, runtime removed the netns): keep sweeping
         except CNIError as exc:
-            errors.append(exc)
+            sweep.errors.append(exc)
     # With CNI_NETNS empty or gone there is no pair left to delete: a veth pair dies with either
     # of its namespaces. The derived host-veth name is not proof of ownership on its own (a hash
     # collision with another pod is possible), so nothing is deleted by name alone.
 
+    # Masquerade and spoofcheck entries go by tag: no netns or prevResult needed (plugins#810).
     if conf.ip_masq:
-        # By tag, so this works without the netns and without prevResult (plugins#810).
-        try:
-            masquerade().remove(conf.name, tag)
-        except CNIError as exc:
-            errors.append(exc)
+        sweep.run(masquerade().remove, conf.name, tag)
     if conf.macspoofchk:
-        try:
-            spoofcheck().remove(conf.name, tag)
-        except CNIError as exc:
-            errors.append(exc)
+        sweep.run(spoofcheck().remove, conf.name, tag)
     if conf.layer3:
-        try:
-            invoke.delegate_del(conf.ipam.type, args)
-        except CNIError as exc:
-            errors.append(exc)
-
-    if errors:
-        first = errors[0]
-        if len(errors) > 1:
-            first.details = "; ".join(filter(None, [first.details, *(str(e) for e in errors[1:])]))
-        raise first
+        sweep.run(invoke.delegate_del, conf.ipam.type, args)
+    sweep.finish()
 
 
 # --- CHECK --------------------------------------------------------------------------------------------
@@ -571,25 +557,15 @@ def _attachments(config: dict[str, Any]) -> Iterable[tuple[str, str]]:
 
 def gc(args: CmdArgs) -> None:
     conf = load_conf(args, strict=False)
-    errors: list[CNIError] = []
-    if conf.layer3:
-        try:
-            invoke.delegate_gc(conf.ipam.type, args)
-        except CNIError as exc:
-            errors.append(exc)
     keep = {attachment_tag(cid, ifname) for cid, ifname in _attachments(args.config)}
+    sweep = Sweep()
+    if conf.layer3:
+        sweep.run(invoke.delegate_gc, conf.ipam.type, args)
     if conf.ip_masq:
-        try:
-            masquerade().gc(conf.name, keep)
-        except CNIError as exc:
-            errors.append(exc)
+        sweep.run(masquerade().gc, conf.name, keep)
     if conf.macspoofchk:
-        try:
-            spoofcheck().gc(conf.name, keep)
-        except CNIError as exc:
-            errors.append(exc)
-    if errors:
-        raise errors[0]
+        sweep.run(spoofcheck().gc, conf.name, keep)
+    sweep.finish()
 
 
 HANDLERS = Handlers(add=add, delete=delete, check=check, status=status, gc=gc)

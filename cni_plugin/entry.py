@@ -12,6 +12,10 @@ import sys
 
 from .spec.plugin import Plugin, about_text, read_version_input, version_reply
 
+# First bytes of every installed executable's second line (scripts/install.py writes it): lets
+# invoke.py recognise pycni's own plugins on CNI_PATH whatever name they were installed under.
+SHIM_MARKER = "# pycni-shim:"
+
 
 def _loopback():  # noqa: ANN202 - returns skel.Handlers; annotated lazily to keep imports light
     from . import loopback

@@ -1,8 +1,10 @@
 """Delegation to IPAM plugins: one seam, two transports.
 
-* pycni's own host-local (`type: pycni-host-local`) runs in-process: ipam.main.HANDLERS is called
-  with the same CmdArgs (verb swapped), so there is no second interpreter start. ipam is imported
-  lazily; if it cannot be imported the exec transport is used instead.
+* pycni's own host-local runs in-process: ipam.main.HANDLERS is called with the same CmdArgs
+  (verb swapped), so there is no second interpreter start. That is `type: pycni-host-local`, and
+  also any type whose executable on CNI_PATH is a pycni host-local shim (a CNI_NAMES=reference
+  install serves `type: host-local`). ipam is imported lazily; if it cannot be imported the exec
+  transport is used instead.
 * any other type is executed from CNI_PATH as SPEC §4 says: same CNI_* environment with
   CNI_COMMAND set, the whole network config on stdin, result or error JSON on stdout.
 
@@ -35,8 +37,21 @@ class DelegatedError(CNIError):
         self.code = code
 
 
-def _load_in_process(plugin_type: str) -> Handlers | None:
-    if plugin_type not in IN_PROCESS_TYPES:
+def _is_pycni_host_local(plugin_type: str, path: tuple[str, ...]) -> bool:
+    """Whether the executable CNI_PATH resolves `plugin_type` to is pycni's host-local shim."""
+    from .entry import SHIM_MARKER
+
+    try:
+        exe = find_plugin(plugin_type, path)
+        with open(exe, "rb") as f:
+            head = f.read(512)
+    except (DelegateFailure, OSError):
+        return False
+    return f"{SHIM_MARKER} host-local ".encode() in head
+
+
+def _load_in_process(plugin_type: str, path: tuple[str, ...] = ()) -> Handlers | None:
+    if plugin_type not in IN_PROCESS_TYPES and not _is_pycni_host_local(plugin_type, path):
         return None
     try:
         from ipam import main as ipam_main  # lazy: only bridge ADD/DEL/... with pycni IPAM pay for it
@@ -119,7 +134,7 @@ def _vkey(version: str) -> tuple[int, ...]:
 
 def _delegate(verb: str, plugin_type: str, args: CmdArgs, config: dict[str, Any] | None) -> Any:
     config = args.config if config is None else config
-    handlers = _load_in_process(plugin_type)
+    handlers = _load_in_process(plugin_type, args.path)
     if handlers is not None:
         sub = replace(args, command=verb, config=config, stdin_data=json.dumps(config).encode())
         return handlers.for_verb(verb)(sub)
@@ -144,9 +159,9 @@ def _delegate(verb: str, plugin_type: str, args: CmdArgs, config: dict[str, Any]
         return exec_plugin(plugin_type, verb, args, downgraded)
 
 
-def is_in_process(plugin_type: str) -> bool:
+def is_in_process(plugin_type: str, path: tuple[str, ...] = ()) -> bool:
     """Whether `plugin_type` would be served in-process (pycni's own IPAM, importable)."""
-    return _load_in_process(plugin_type) is not None
+    return _load_in_process(plugin_type, path) is not None
 
 
 def delegate_add(plugin_type: str, args: CmdArgs, config: dict[str, Any] | None = None) -> Result:

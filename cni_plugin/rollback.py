@@ -20,7 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import IO, Any, Literal
 
-from .spec.errors import NotFound
+from .spec.errors import CNIError, NotFound
 
 
 @dataclass
@@ -65,3 +65,31 @@ class Undo:
         if exc_type is not None:
             self.unwind()
         return False  # the original exception propagates
+
+
+class Sweep:
+    """DEL and GC: run every step even after one fails, then report all failures as one error.
+
+    SPEC §2: DEL must do its best and finish; GC keeps going and aggregates errors. "Already
+    gone" (NotFound) counts as done. The first CNI error is raised, its details extended with
+    the others.
+    """
+
+    def __init__(self) -> None:
+        self.errors: list[CNIError] = []
+
+    def run(self, fn: Callable[..., Any], *args: Any) -> None:
+        try:
+            fn(*args)
+        except NotFound:
+            pass
+        except CNIError as exc:
+            self.errors.append(exc)
+
+    def finish(self) -> None:
+        if not self.errors:
+            return
+        first = self.errors[0]
+        if len(self.errors) > 1:
+            first.details = "; ".join(filter(None, [first.details, *(str(e) for e in self.errors[1:])]))
+        raise first

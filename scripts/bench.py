@@ -3,7 +3,7 @@
 
 Whole-process timings, as a runtime sees them: every sample execs the plugin with a bare
 environment and the config on stdin. Each round runs the pycni and the Go case back to back,
-so both see the same machine load. Peak RSS comes from wait4(2). Reports p50/p99 and ratios
+so both see the same machine load. Peak RSS comes from warm-up runs under GNU time(1). Reports p50/p99 and ratios
 (pycni / Go).
 
 The plugins run in a fake node namespace this script creates (it never touches the
@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 GO = Path("/usr/lib/cni")
+WARMUP_ROUNDS = 3  # run under time(1) for peak RSS; not timed
 CLONE_NEWNET = 0x40000000
 
 
@@ -42,7 +43,7 @@ def setns(path: str) -> None:
 
 @dataclass
 class Sample:
-    ms: float
+    ms: float | None  # None: a warm-up sample, measured for RSS only
     rss_kib: int
 
 
@@ -51,7 +52,7 @@ class Series:
     samples: list[Sample] = field(default_factory=list)
 
     def pct(self, q: float) -> float:
-        xs = sorted(s.ms for s in self.samples)
+        xs = sorted(s.ms for s in self.samples if s.ms is not None)
         return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
 
     def peak_rss_mib(self) -> float:
@@ -59,50 +60,27 @@ class Series:
 
 
 class Runner:
-    measure_rss = False
-
-    """Times a plugin spawned directly; measures its peak RSS in separate runs under GNU time.
+    """Runs a plugin once per step: timed when spawned directly, RSS-measured under GNU time.
 
     At exec the kernel folds the old address space's high-water mark into the child's maxrss,
     and a child spawned from this Python process starts on this process's pages: its own
     ru_maxrss would report ours. /usr/bin/time is a ~1 MiB parent, so under it the plugin's own
-    peak shows; the timings never include time(1).
+    peak shows. The first rounds run under time(1) (warm-up, RSS only); later rounds are timed
+    without it, so no timing includes time(1) and no step runs twice.
     """
 
-    @staticmethod
-    def peak_rss_kib(exe: Path, env: dict[str, str], stdin: bytes) -> int:
-        proc = subprocess.run(["/usr/bin/time", "-f", "%M", str(exe)], input=stdin, env=env, capture_output=True)
-        return int(proc.stderr.decode().strip().splitlines()[-1])
+    measure_rss = False
 
     @staticmethod
     def run(exe: Path, env: dict[str, str], stdin: bytes) -> tuple[Sample, int, bytes]:
-        r_in, w_in = os.pipe()
-        r_out, w_out = os.pipe()
+        argv = ["/usr/bin/time", "-f", "%M", str(exe)] if Runner.measure_rss else [str(exe)]
         started = time.perf_counter()
-        pid = os.posix_spawn(
-            str(exe),
-            [str(exe)],
-            env,
-            file_actions=[
-                (os.POSIX_SPAWN_DUP2, r_in, 0),
-                (os.POSIX_SPAWN_DUP2, w_out, 1),
-                (os.POSIX_SPAWN_OPEN, 2, os.devnull, os.O_WRONLY, 0),
-                (os.POSIX_SPAWN_CLOSE, w_in),
-                (os.POSIX_SPAWN_CLOSE, r_out),
-            ],
-        )
-        os.close(r_in)
-        os.close(w_out)
-        os.write(w_in, stdin)
-        os.close(w_in)
-        chunks = []
-        while chunk := os.read(r_out, 65536):
-            chunks.append(chunk)
-        os.close(r_out)
-        _, status = os.waitpid(pid, 0)
+        proc = subprocess.run(argv, input=stdin, env=env, capture_output=True)
         elapsed = (time.perf_counter() - started) * 1000
-        rss = Runner.peak_rss_kib(exe, env, stdin) if Runner.measure_rss else 0
-        return Sample(elapsed, rss), os.waitstatus_to_exitcode(status), b"".join(chunks)
+        if Runner.measure_rss:
+            rss = int(proc.stderr.decode().strip().splitlines()[-1])
+            return Sample(None, rss), proc.returncode, proc.stdout
+        return Sample(elapsed, 0), proc.returncode, proc.stdout
 
 
 def cni_env(command: str, netns: str = "", container_id: str = "bench", ifname: str = "eth0",
@@ -162,10 +140,64 @@ def loopback_cases(ns: Namespaces) -> dict[str, tuple[Case, str, str]]:
     }
 
 
+def bridge_cases(ns: Namespaces, bin_dir: Path) -> dict[str, tuple[Case, str, str]]:
+    """ADD, CHECK and DEL of a pod on a bridge with host-local IPAM: pycni's pair vs Go's pair.
+
+    Each implementation gets its own bridge, subnet and data dir; a pod namespace per round is
+    created before ADD and removed after DEL, outside the timings.
+    """
+    import tempfile
+
+    data = Path(tempfile.mkdtemp(prefix="pycni-bench-"))
+    configs = {}
+    for n, (impl, bridge_type, ipam_type) in enumerate(
+        (("pycni", "pycni-bridge", "pycni-host-local"), ("go", "bridge", "host-local"))
+    ):
+        configs[impl] = {
+            "cniVersion": "1.0.0", "name": f"bench-{impl}", "type": bridge_type, "bridge": f"bench{n}",
+            "isGateway": True, "ipMasq": False,
+            "ipam": {"type": ipam_type, "dataDir": str(data / impl), "ranges": [[{"subnet": f"198.18.{n}.0/24"}]]},
+        }
+    path = f"{bin_dir}:{GO}"
+    pods: dict[tuple[str, int], str] = {}
+    results: dict[tuple[str, int], dict] = {}
+
+    def impl_of(exe: Path) -> str:
+        return "pycni" if exe.parent == bin_dir else "go"
+
+    def run(command: str, exe: Path, r: int, config: dict) -> Sample:
+        pod = pods[(impl_of(exe), r)]
+        env = cni_env(command, f"/run/netns/{pod}", container_id=f"bench-{r}", path=path)
+        sample, rc, out = Runner.run(exe, env, json.dumps(config).encode())
+        if rc != 0:
+            raise RuntimeError(f"{exe} {command} failed: {out.decode()}")
+        if command == "ADD":
+            results[(impl_of(exe), r)] = json.loads(out)
+        return sample
+
+    def add(exe: Path, r: int) -> Sample:
+        pods[(impl_of(exe), r)] = ns.add("pycni-bench-pod")
+        return run("ADD", exe, r, configs[impl_of(exe)])
+
+    def check(exe: Path, r: int) -> Sample:
+        return run("CHECK", exe, r, {**configs[impl_of(exe)], "prevResult": results[(impl_of(exe), r)]})
+
+    def delete(exe: Path, r: int) -> Sample:
+        sample = run("DEL", exe, r, {**configs[impl_of(exe)], "prevResult": results[(impl_of(exe), r)]})
+        ns.remove(pods.pop((impl_of(exe), r)))
+        return sample
+
+    return {
+        "bridge ADD": (add, "pycni-bridge", "bridge"),
+        "bridge CHECK": (check, "pycni-bridge", "bridge"),
+        "bridge DEL": (delete, "pycni-bridge", "bridge"),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--bin-dir", type=Path, default=Path(os.environ.get("CNI_BIN_DIR", "/opt/cni/bin")))
-    parser.add_argument("--rounds", type=int, default=60)
+    parser.add_argument("--rounds", type=int, default=43)
     opts = parser.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench: run as root (it creates network namespaces)")
@@ -176,10 +208,10 @@ def main() -> int:
     try:
         node = ns.add("pycni-bench-node")
         setns(f"/run/netns/{node}")  # children inherit the fake node namespace
-        cases = loopback_cases(ns)
+        cases = {**loopback_cases(ns), **bridge_cases(ns, opts.bin_dir)}
         results: dict[str, dict[str, Series]] = {name: {"pycni": Series(), "go": Series()} for name in cases}
         for r in range(opts.rounds):
-            Runner.measure_rss = r < 3  # RSS from the first rounds; timings from every round
+            Runner.measure_rss = r < WARMUP_ROUNDS
             for name, (case, ours, theirs) in cases.items():
                 # Alternate who goes first so neither always runs on a warmer cache.
                 order = [("pycni", opts.bin_dir / ours), ("go", GO / theirs)]
@@ -193,7 +225,8 @@ def main() -> int:
                   f"{theirs.pct(0.99):>8.1f}{ours.pct(0.5) / theirs.pct(0.5):>10.2f}x"
                   f"{ours.peak_rss_mib():>9.1f}{theirs.peak_rss_mib():>8.1f}"
                   f"{ours.peak_rss_mib() / theirs.peak_rss_mib():>6.2f}x")
-        print(f"({opts.rounds} rounds, interleaved; times in ms, whole process)")
+        print(f"({opts.rounds - WARMUP_ROUNDS} timed rounds after {WARMUP_ROUNDS} warm-up rounds that measured RSS;"
+              " interleaved; times in ms, whole process)")
     finally:
         ns.close()
     return 0

@@ -41,6 +41,9 @@ import uuid
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+from cni_plugin import netns  # noqa: E402 - the checkout's package, also without an install
+
 GO_PLUGINS = Path("/usr/lib/cni")
 POOL = ipaddress.ip_network("198.18.0.0/15")
 BOLD, DIM, GREEN, RED, RESET = ("\033[1m", "\033[2m", "\033[32m", "\033[31m", "\033[0m") if sys.stdout.isatty() \
@@ -92,8 +95,7 @@ class Demo:
         self.data_dir = self.workdir / "ipam"
         self.created: list[str] = []
         self.pod_subnet, self.uplink = free_subnets(1, 24)[0], free_subnets(1, 30)[0]
-        in_process = _ipam_available()
-        self.ipam_type = "pycni-host-local" if in_process else "host-local"
+        self.ipam_type = "pycni-host-local"
         self.cni_path = f"{bin_dir}:{GO_PLUGINS}"
         self.conf = {
             "cniVersion": "1.1.0",
@@ -232,15 +234,9 @@ class Demo:
         ready = threading.Event()
 
         def serve() -> None:
-            fd = os.open(self.path("outside"), os.O_RDONLY)
-            own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-            try:
-                _setns(fd)
+            # A socket stays in the namespace it was created in.
+            with netns.entered(self.path("outside")):
                 srv = socket.socket()
-            finally:
-                _setns(own)
-                os.close(fd)
-                os.close(own)
             with srv:
                 srv.bind((str(self.outside_ip), 0))
                 srv.listen(1)
@@ -261,22 +257,6 @@ class Demo:
         subprocess.run(["ip", "netns", "exec", self.ns["pod1"], sys.executable, "-c", code], capture_output=True)
         thread.join(15)
         return seen.get("peer", "nothing")
-
-
-def _setns(fd: int) -> None:
-    import ctypes
-
-    if ctypes.CDLL(None, use_errno=True).setns(fd, 0x40000000) != 0:
-        raise OSError(ctypes.get_errno(), "setns failed")
-
-
-def _ipam_available() -> bool:
-    sys.path.insert(0, str(REPO))
-    try:
-        import ipam.main  # noqa: F401
-    except ImportError:
-        return False
-    return True
 
 
 def main() -> int:

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-MARKER = "# pycni-shim:"
+MARKER = "# pycni-shim:"  # == cni_plugin.entry.SHIM_MARKER (stdlib-only here: not imported)
 
 
 def run(argv: list[str], **kwargs) -> subprocess.CompletedProcess[str]:

@@ -121,3 +121,36 @@ def test_in_process_falls_back_to_exec_when_ipam_is_not_importable(monkeypatch, 
     _script(tmp_path, "pycni-host-local", f"print(json.dumps({RESULT_100!r}))")
     assert not invoke.is_in_process("pycni-host-local")
     assert str(invoke.delegate_add("pycni-host-local", _args(tmp_path)).ips[0].address) == "198.18.0.2/24"
+
+
+def _executable(path, text: str):
+    path.write_text(text)
+    path.chmod(0o755)
+    return path
+
+
+def test_a_pycni_host_local_shim_under_the_reference_name_runs_in_process(tmp_path):
+    # A CNI_NAMES=reference install puts pycni's host-local on CNI_PATH as `host-local`.
+    _executable(tmp_path / "host-local", "#!/venv/bin/python3 -IS\n# pycni-shim: host-local 0.1.0; generated\n")
+    assert invoke.is_in_process("host-local", (str(tmp_path),))
+
+
+def test_a_foreign_host_local_is_executed(tmp_path):
+    _executable(tmp_path / "host-local", "\x7fELF not ours")
+    assert not invoke.is_in_process("host-local", (str(tmp_path),))
+    # nor is another pycni plugin that happens to carry the IPAM's name
+    _executable(tmp_path / "host-local", "#!/venv/bin/python3 -IS\n# pycni-shim: bridge 0.1.0; generated\n")
+    assert not invoke.is_in_process("host-local", (str(tmp_path),))
+
+
+def test_the_installer_writes_the_marker_invoke_looks_for():
+    import importlib.util
+    from pathlib import Path
+
+    from cni_plugin.entry import SHIM_MARKER
+
+    spec = importlib.util.spec_from_file_location("install", Path(__file__).parents[2] / "scripts" / "install.py")
+    install = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(install)
+    assert install.MARKER == SHIM_MARKER
+    assert f"{SHIM_MARKER} host-local " in install.shim_text(Path("/venv/bin/python3"), [], "host-local", "0.1.0")

@@ -6,8 +6,8 @@ import io
 
 import pytest
 
-from cni_plugin.rollback import Undo
-from cni_plugin.spec.errors import LinkNotFound, NetlinkFailure
+from cni_plugin.rollback import Sweep, Undo
+from cni_plugin.spec.errors import FirewallFailure, LinkNotFound, NetlinkFailure
 
 
 def test_unwinds_in_reverse_order_on_failure():
@@ -65,3 +65,28 @@ def test_already_gone_counts_as_done():
             raise RuntimeError("x")
     assert log.getvalue() == ""
     assert undo.ran == ["gone"]
+
+
+def test_sweep_runs_every_step_and_reports_all_failures():
+    ran: list[str] = []
+
+    def step(name: str, exc: Exception | None = None) -> None:
+        ran.append(name)
+        if exc is not None:
+            raise exc
+
+    sweep = Sweep()
+    sweep.run(step, "link", NetlinkFailure("netlink: delete failed", "EBUSY"))
+    sweep.run(step, "gone", LinkNotFound("veth0"))  # already gone counts as done
+    sweep.run(step, "masq", FirewallFailure("nft refused"))
+    sweep.run(step, "ipam")
+    assert ran == ["link", "gone", "masq", "ipam"]
+    with pytest.raises(NetlinkFailure) as info:
+        sweep.finish()
+    assert "EBUSY" in info.value.details and "nft refused" in info.value.details
+
+
+def test_sweep_without_failures_finishes_quietly():
+    sweep = Sweep()
+    sweep.run(lambda: None)
+    sweep.finish()
