@@ -166,3 +166,15 @@ def run_plugin(
     out = proc.stdout.decode()
     parsed = json.loads(out) if out.strip() else None
     return proc.returncode, parsed, proc.stderr.decode()
+
+
+def ipam_reservations(network_dir: Path) -> dict[str, str]:
+    """The host-local reservation files in `network_dir`: {ip: contents} (lock/metadata skipped)."""
+    found = {}
+    for entry in network_dir.iterdir():
+        try:
+            ipaddress.ip_address(entry.name)
+        except ValueError:
+            continue
+        found[entry.name] = entry.read_bytes().decode()
+    return found

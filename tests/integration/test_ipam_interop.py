@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import GO_PLUGINS, bare_env, free_subnet, run_plugin
+from tests.conftest import GO_PLUGINS, bare_env, free_subnet, ipam_reservations, run_plugin
 
 pytestmark = pytest.mark.integration
 NET = "interop"
@@ -33,14 +32,7 @@ def env(verb: str, cid: str, ifname: str = "eth0", path: str = "/opt/cni/bin") -
 
 
 def files(data_dir: Path) -> dict[str, str]:
-    out = {}
-    for p in (data_dir / NET).iterdir():
-        try:
-            ipaddress.ip_address(p.name)
-        except ValueError:
-            continue
-        out[p.name] = p.read_bytes().decode()
-    return out
+    return ipam_reservations(data_dir / NET)
 
 
 def ok(exe: Path, verb: str, cid: str, config: dict) -> dict | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import os
 import signal
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import bare_env, free_subnet, run_plugin
+from tests.conftest import bare_env, free_subnet, ipam_reservations, run_plugin
 
 pytestmark = pytest.mark.integration
 NET = "stress"
@@ -38,14 +37,7 @@ def env(verb: str, cid: str) -> dict[str, str]:
 
 
 def reservations(data_dir: Path) -> dict[str, str]:
-    out = {}
-    for p in (data_dir / NET).iterdir():
-        try:
-            ipaddress.ip_address(p.name)
-        except ValueError:
-            continue
-        out[p.name] = p.read_bytes().decode()
-    return out
+    return ipam_reservations(data_dir / NET)
 
 
 def launch(exe: Path, verb: str, cid: str, config: dict) -> subprocess.Popen:
