@@ -350,11 +350,9 @@ class Netlink:
             msgs = self._call("list routes", self._ipr.get_routes, family=fam, **kwargs)
             for msg in msgs:
                 dst = msg.get_attr("RTA_DST")
-                width = 32 if fam == socket.AF_INET else 128
                 base = dst or ("0.0.0.0" if fam == socket.AF_INET else "::")
                 net = ipaddress.ip_network(f"{base}/{msg['dst_len'] if dst else 0}", strict=False)
                 gw = msg.get_attr("RTA_GATEWAY")
-                del width
                 out.append((net, ipaddress.ip_address(gw) if gw else None))
         return out
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 from collections.abc import Iterable
+from typing import Any
 
 from ..spec.errors import FirewallFailure
 from ..spec.types import IPInterface
@@ -27,13 +28,13 @@ def _nft_binary() -> str:
     raise FirewallFailure("nftables is not usable", "the nft executable was not found")
 
 
-class NftMasquerade:
-    """The Masquerade backend on the kernel's nftables, in the caller's network namespace."""
+class _Nft:
+    """Runs `nft` for both backends: scripts as one transaction, and JSON table listings."""
 
     def __init__(self, nft: str | None = None) -> None:
         self._nft = nft
 
-    def _run(self, argv: list[str], script: str = "", what: str = "") -> str:
+    def run(self, argv: list[str], script: str = "", what: str = "") -> str:
         nft = self._nft or _nft_binary()
         try:
             proc = subprocess.run([nft, *argv], input=script, capture_output=True, text=True, timeout=30)
@@ -43,23 +44,33 @@ class NftMasquerade:
             raise FirewallFailure(f"nftables: {what} failed", proc.stderr.strip() or f"exit {proc.returncode}")
         return proc.stdout
 
+    def listing(self, family: str) -> dict[str, Any]:
+        """The pycni table of `family` as parsed `nft -j` JSON; {} when the table was never created."""
+        try:
+            out = self.run(["-j", "list", "table", family, render.TABLE], what=f"listing the {family} pycni table")
+        except FirewallFailure as exc:
+            # nft reports a missing table only as text (ENOENT's strerror); nothing else has it.
+            if "No such file or directory" in exc.details:
+                return {}
+            raise
+        return render.parse_listing(out)
+
+
+class NftMasquerade:
+    """The Masquerade backend on the kernel's nftables, in the caller's network namespace."""
+
+    def __init__(self, nft: str | None = None) -> None:
+        self._nft = _Nft(nft)
+
     def add(self, network: str, tag: str, addresses: Iterable[IPInterface]) -> None:
-        self._run(["-f", "-"], render.render_add(network, tag, addresses), f"masquerade setup for {network}")
+        self._nft.run(["-f", "-"], render.render_add(network, tag, addresses), f"masquerade setup for {network}")
 
     def entries(self, network: str) -> list[MasqEntry]:
-        nft = self._nft or _nft_binary()
-        proc = subprocess.run(
-            [nft, "-j", "list", "table", render.FAMILY, render.TABLE], capture_output=True, text=True, timeout=30
-        )
-        if proc.returncode != 0:
-            if "No such file or directory" in proc.stderr:
-                return []  # the table was never created: nothing to find
-            raise FirewallFailure("nftables: listing the pycni table failed", proc.stderr.strip())
-        return render.parse_entries(network, render.parse_listing(proc.stdout))
+        return render.parse_entries(network, self._nft.listing(render.FAMILY))
 
     def _delete(self, network: str, doomed: list[MasqEntry]) -> list[MasqEntry]:
         if doomed:
-            self._run(["-f", "-"], render.render_delete(network, doomed), f"masquerade removal for {network}")
+            self._nft.run(["-f", "-"], render.render_delete(network, doomed), f"masquerade removal for {network}")
         return doomed
 
     def remove(self, network: str, tag: str) -> list[MasqEntry]:
@@ -71,27 +82,20 @@ class NftMasquerade:
     def usable(self) -> None:
         # A dry run (-c) of creating the table: proves nft exists and the kernel accepts inet nat.
         script = "\n".join(render.render_skeleton("pycni-status-probe")) + "\n"
-        self._run(["-c", "-f", "-"], script, "status probe")
+        self._nft.run(["-c", "-f", "-"], script, "status probe")
 
 
 class NftSpoofCheck:
     """macspoofchk on the kernel's nftables (`bridge pycni` table, see render.py)."""
 
     def __init__(self, nft: str | None = None) -> None:
-        self._runner = NftMasquerade(nft)
+        self._nft = _Nft(nft)
 
     def add(self, network: str, tag: str, host_if: str, mac: str) -> None:
-        self._runner._run(["-f", "-"], render.render_spoof_add(network, tag, host_if, mac), "macspoofchk setup")
+        self._nft.run(["-f", "-"], render.render_spoof_add(network, tag, host_if, mac), "macspoofchk setup")
 
     def _all(self) -> list[SpoofEntry]:
-        nft = self._runner._nft or _nft_binary()
-        proc = subprocess.run([nft, "-j", "list", "table", "bridge", render.TABLE], capture_output=True, text=True,
-                              timeout=30)
-        if proc.returncode != 0:
-            if "No such file or directory" in proc.stderr:
-                return []
-            raise FirewallFailure("nftables: listing the bridge pycni table failed", proc.stderr.strip())
-        return render.parse_spoof_entries(render.parse_listing(proc.stdout))
+        return render.parse_spoof_entries(self._nft.listing("bridge"))
 
     def entries(self, network: str) -> list[SpoofEntry]:
         prefix = render.network_id(network) + "-"
@@ -99,7 +103,7 @@ class NftSpoofCheck:
 
     def _delete(self, doomed: list[SpoofEntry]) -> list[SpoofEntry]:
         if doomed:
-            self._runner._run(["-f", "-"], render.render_spoof_delete(doomed), "macspoofchk removal")
+            self._nft.run(["-f", "-"], render.render_spoof_delete(doomed), "macspoofchk removal")
         return doomed
 
     def remove(self, network: str, tag: str) -> list[SpoofEntry]:
