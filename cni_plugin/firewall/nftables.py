@@ -28,7 +28,7 @@ def _nft_binary() -> str:
     raise FirewallFailure("nftables is not usable", "the nft executable was not found")
 
 
-class _Nft:
+class NftRunner:
     """Runs `nft` for both backends: scripts as one transaction, and JSON table listings."""
 
     def __init__(self, nft: str | None = None) -> None:
@@ -60,7 +60,7 @@ class NftMasquerade:
     """The Masquerade backend on the kernel's nftables, in the caller's network namespace."""
 
     def __init__(self, nft: str | None = None) -> None:
-        self._nft = _Nft(nft)
+        self._nft = NftRunner(nft)
 
     def add(self, network: str, tag: str, addresses: Iterable[IPInterface]) -> None:
         self._nft.run(["-f", "-"], render.render_add(network, tag, addresses), f"masquerade setup for {network}")
@@ -89,7 +89,7 @@ class NftSpoofCheck:
     """macspoofchk on the kernel's nftables (`bridge pycni` table, see render.py)."""
 
     def __init__(self, nft: str | None = None) -> None:
-        self._nft = _Nft(nft)
+        self._nft = NftRunner(nft)
 
     def add(self, network: str, tag: str, host_if: str, mac: str) -> None:
         self._nft.run(["-f", "-"], render.render_spoof_add(network, tag, host_if, mac), "macspoofchk setup")

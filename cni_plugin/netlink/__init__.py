@@ -21,9 +21,9 @@ from typing import Any, TypeVar
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import netns
-from .spec.errors import InterfaceExists, LinkConflict, LinkNotFound, NetlinkFailure
-from .spec.types import IPAddress, IPInterface, IPNetwork
+from .. import netns
+from ..spec.errors import InterfaceExists, LinkConflict, LinkNotFound, NetlinkFailure
+from ..spec.types import IPAddress, IPInterface, IPNetwork
 
 T = TypeVar("T")
 
