@@ -28,6 +28,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.acceptance.conftest import chain_types
 from tests.conftest import GO_PLUGINS, REPO, Netns, free_subnet
 
 CONF_DIR = Path(os.environ.get("PYCNI_CONF_DIR") or REPO / "conf")
@@ -61,27 +62,6 @@ def cnitool_container_id(netns_path: str) -> str:
 
 def cache_files(net: str, netns_path: str) -> list[Path]:
     return sorted(RESULTS_CACHE.glob(f"{net}-{cnitool_container_id(netns_path)}-*"))
-
-
-def plugin_types(conf: dict) -> list[str]:
-    """Every executable the chain needs: each plugin's type and its ipam type, in order."""
-    types: list[str] = []
-    for plugin in conf["plugins"]:
-        for t in (plugin.get("type"), (plugin.get("ipam") or {}).get("type")):
-            if t and t not in types:
-                types.append(t)
-    return types
-
-
-def resolve(types: list[str], path: list[Path]) -> dict[str, Path]:
-    """Where libcni finds each plugin: the first CNI_PATH directory holding an executable of that name."""
-    resolved = {}
-    for t in types:
-        hit = next((d / t for d in path if os.access(d / t, os.X_OK)), None)
-        if hit is None:
-            pytest.fail(f"plugin {t!r} is in no CNI_PATH directory {[str(d) for d in path]}", pytrace=False)
-        resolved[t] = hit
-    return resolved
 
 
 def rewrite(conf: dict, bridge: str, data_dir: Path) -> tuple[dict, list]:
@@ -168,7 +148,7 @@ def ping(src: Netns, dst: ipaddress._BaseAddress, tries: int = 10) -> subprocess
 
 
 @pytest.mark.parametrize("conflist", CONFLISTS, ids=[p.name for p in CONFLISTS])
-def test_cnitool_add_check_del(conflist, host_netns, netns_factory, installed_bin, tmp_path, record_property):
+def test_cnitool_add_check_del(conflist, host_netns, netns_factory, installed_bin, tmp_path, plugin_origins):
     cnitool = cnitool_path()
     original = json.loads(conflist.read_text())
     net = original["name"]
@@ -181,11 +161,8 @@ def test_cnitool_add_check_del(conflist, host_netns, netns_factory, installed_bi
     (netconfpath / conflist.name).write_text(json.dumps(conf, indent=2))
 
     cni_path = [Path(installed_bin), GO_PLUGINS]
-    resolved = resolve(plugin_types(conf), cni_path)
-    from_go = [t for t, p in resolved.items() if p.parent == GO_PLUGINS]
-    record_property("go_reference_plugins", ",".join(from_go))
-    print(f"\n{conflist.name}: " + ", ".join(f"{t} <- {p.parent}" for t, p in resolved.items()))
-    print(f"{conflist.name}: from the Go reference ({GO_PLUGINS}): {', '.join(from_go) or 'none'}")
+    origins = plugin_origins(f"cnitool {conflist.name}", chain_types(conf), cni_path)
+    print(f"\n{conflist.name}: " + ", ".join(f"{t} <- {d}" for t, d in origins.items()))
 
     env = {
         "PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
