@@ -21,7 +21,6 @@ import hashlib
 import ipaddress
 import sys
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -547,24 +546,18 @@ def status(args: CmdArgs) -> None:
             raise PluginNotAvailable("ipMasq is set but nftables is not usable", str(exc)) from exc
 
 
-def _attachments(config: dict[str, Any]) -> Iterable[tuple[str, str]]:
-    # libcni sends both keys (cni#1101); the 1.1.0 tag names the second.
-    for key in ("cni.dev/valid-attachments", "cni.dev/attachments"):
-        for item in config.get(key) or []:
-            if isinstance(item, dict):
-                yield str(item.get("containerID", "")), str(item.get("ifname", ""))
-
-
 def gc(args: CmdArgs) -> None:
     conf = load_conf(args, strict=False)
-    keep = {attachment_tag(cid, ifname) for cid, ifname in _attachments(args.config)}
+    valid = args.valid_attachments()
     sweep = Sweep()
     if conf.layer3:
         sweep.run(invoke.delegate_gc, conf.ipam.type, args)
-    if conf.ip_masq:
-        sweep.run(masquerade().gc, conf.name, keep)
-    if conf.macspoofchk:
-        sweep.run(spoofcheck().gc, conf.name, keep)
+    if valid is not None:
+        keep = {attachment_tag(cid, ifname) for cid, ifname in valid}
+        if conf.ip_masq:
+            sweep.run(masquerade().gc, conf.name, keep)
+        if conf.macspoofchk:
+            sweep.run(spoofcheck().gc, conf.name, keep)
     sweep.finish()
 
 

@@ -35,21 +35,66 @@ def _bridge():  # noqa: ANN202 - returns skel.Handlers
     return bridge.HANDLERS
 
 
+def _portmap():  # noqa: ANN202 - returns skel.Handlers
+    from . import portmap
+
+    return portmap.HANDLERS
+
+
+def _tuning():  # noqa: ANN202 - returns skel.Handlers
+    from . import tuning
+
+    return tuning.HANDLERS
+
+
+def _firewall():  # noqa: ANN202 - returns skel.Handlers
+    from .firewall import plugin
+
+    return plugin.HANDLERS
+
+
+def _bandwidth():  # noqa: ANN202 - returns skel.Handlers
+    from . import bandwidth
+
+    return bandwidth.HANDLERS
+
+
 PLUGINS: dict[str, Plugin] = {
     "bridge": Plugin(
         name="bridge",
         about="connects the container to a Linux bridge through a veth pair",
         load_handlers=_bridge,
     ),
+    "portmap": Plugin(
+        name="portmap",
+        about="forwards host ports to the container through nftables (chained after an interface plugin)",
+        load_handlers=_portmap,
+    ),
     "loopback": Plugin(
         name="loopback",
         about="sets the loopback interface up in the container namespace",
         load_handlers=_loopback,
     ),
+    "bandwidth": Plugin(
+        name="bandwidth",
+        about="shapes the container's traffic with tbf qdiscs (an IFB for egress), chained after a veth plugin",
+        load_handlers=_bandwidth,
+        versions=("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"),
+    ),
     "host-local": Plugin(
         name="host-local",
         about="host-local IPAM: allocates addresses from range sets, stored on this node",
         load_handlers=_host_local,
+    ),
+    "tuning": Plugin(
+        name="tuning",
+        about="sets net sysctls, MAC, MTU, promisc, allmulti and txqueuelen of the pod interface; restores them on DEL",
+        load_handlers=_tuning,
+    ),
+    "firewall": Plugin(
+        name="firewall",
+        about="accepts the pod's forwarded traffic, with an admin chain and bridge isolation (nftables or iptables)",
+        load_handlers=_firewall,
     ),
 }
 

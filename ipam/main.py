@@ -21,7 +21,7 @@ from cni_plugin.spec.errors import (
     PluginNotAvailable,
     UnknownContainer,
 )
-from cni_plugin.spec.skel import CmdArgs, Handlers
+from cni_plugin.spec.skel import GC_ATTACHMENT_KEYS, CmdArgs, Handlers
 from cni_plugin.spec.types import DNS, IPAddress, IPConfig, Result
 
 from . import allocator
@@ -29,7 +29,7 @@ from .disk import DiskStore
 from .store import Owner
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
-GC_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+GC_KEYS = GC_ATTACHMENT_KEYS
 
 
 def _ipam_section(config: dict[str, Any]) -> dict[str, Any]:

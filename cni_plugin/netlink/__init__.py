@@ -29,6 +29,7 @@ T = TypeVar("T")
 
 IFF_UP = 0x1
 IFF_PROMISC = 0x100
+IFF_ALLMULTI = 0x200
 IFA_F_NODAD = 0x02
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
@@ -397,6 +398,32 @@ class Netlink:
                     return fh.read().strip()
             except OSError:
                 return None
+
+    # --- link flags and queue length (tuning) ------------------------------------------------------
+
+    def link_flags(self, name: str) -> int:
+        """The link's IFF_* flags word."""
+        index = self.link_index(name)
+        return int(self._call(f"get link {name}", self._ipr.link, "get", index=index)[0]["flags"])
+
+    def allmulti(self, name: str) -> bool:
+        return bool(self.link_flags(name) & IFF_ALLMULTI)
+
+    def set_allmulti(self, name: str, on: bool) -> None:
+        index = self.link_index(name)
+        flags = IFF_ALLMULTI if on else 0
+        self._call(
+            f"set allmulticast on {name}", self._ipr.link, "set", index=index, flags=flags, change=IFF_ALLMULTI
+        )
+
+    def txqlen(self, name: str) -> int:
+        index = self.link_index(name)
+        msg = self._call(f"get link {name}", self._ipr.link, "get", index=index)[0]
+        return int(msg.get_attr("IFLA_TXQLEN") or 0)
+
+    def set_txqlen(self, name: str, qlen: int) -> None:
+        index = self.link_index(name)
+        self._call(f"set txqueuelen of {name} to {qlen}", self._ipr.link, "set", index=index, txqlen=qlen)
 
 
 @contextmanager

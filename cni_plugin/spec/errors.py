@@ -153,6 +153,12 @@ class StoreFailure(CNIError):
     code = 109
 
 
+class HostPortTaken(CNIError):
+    """portmap: the host port (hostIP, protocol, port) is already mapped to another container."""
+
+    code = 110
+
+
 class NotFound(Exception):
     """Base for 'already gone' conditions (link, netns, reservation).
 

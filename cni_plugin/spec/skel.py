@@ -35,6 +35,8 @@ from .version import IMPLICIT_VERSION, LATEST, require_supported, require_verb_a
 __all__ = ["CmdArgs", "Handlers", "Plugin", "dispatch", "main", "parse_cni_args"]
 
 VERBS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
+# GC's list of attachments to keep: libcni sends both keys (cni#1101); 1.1.0 names the first.
+GC_ATTACHMENT_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
 
 # SPEC §2 and pkg/skel: which CNI_* variables each verb needs.
 REQUIRED_ENV: dict[str, tuple[str, ...]] = {
@@ -117,6 +119,29 @@ class CmdArgs:
             )
         return {k: v for k, v in pairs.items() if k in known}
 
+    def valid_attachments(self) -> set[tuple[str, str]] | None:
+        """GC: the (containerID, ifname) attachments to keep, from both keys.
+
+        None when the request lists no attachments at all: GC then removes nothing (keep on
+        doubt). A malformed list is code 7 naming the entry.
+        """
+        present = [key for key in GC_ATTACHMENT_KEYS if key in self.config]
+        if not present:
+            return None
+        valid: set[tuple[str, str]] = set()
+        for key in present:
+            raw = self.config[key]
+            if not isinstance(raw, list):
+                raise InvalidConfig("invalid network configuration", f"{key}: expected a list of attachments")
+            for i, item in enumerate(raw):
+                cid = item.get("containerID") if isinstance(item, dict) else None
+                ifname = item.get("ifname", "") if isinstance(item, dict) else None
+                if not isinstance(cid, str) or not cid or not isinstance(ifname, str):
+                    problem = f"{key}.{i}: needs containerID and ifname strings"
+                    raise InvalidConfig("invalid network configuration", problem)
+                valid.add((cid, ifname))
+        return valid
+
 
 @dataclass(frozen=True)
 class Handlers:
@@ -180,8 +205,9 @@ def _config_version(config: dict[str, Any]) -> str:
 
 def _is_own_netns(path: str) -> bool:
     # Running ADD against the runtime's own namespace would rewire the host (skel's code-8 check).
+    # thread-self: in pycni-agent the calling thread sits in the caller's namespace, not the process's.
     try:
-        target, own = os.stat(path), os.stat("/proc/self/ns/net")
+        target, own = os.stat(path), os.stat("/proc/thread-self/ns/net")
     except OSError:
         return False
     return (target.st_dev, target.st_ino) == (own.st_dev, own.st_ino)

@@ -115,8 +115,3 @@ def test_merge_prev_appends_and_reindexes():
     assert merged.dns.nameservers == ("1.1.1.1",)
     assert bridge.merge_prev(None, ours) is ours
 
-
-def test_gc_accepts_both_attachment_keys():
-    config = {"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}],
-              "cni.dev/attachments": [{"containerID": "b", "ifname": "eth1"}]}
-    assert sorted(bridge._attachments(config)) == [("a", "eth0"), ("b", "eth1")]

@@ -671,3 +671,25 @@ def test_closed_stderr_log_never_fails_the_operation(fake: FakePlugin) -> None:
     code = skel.dispatch(fake.plugin, environ, io.BytesIO(json.dumps(config()).encode()), stdout, ClosedStream())
     assert code == 0
     assert json.loads(stdout.getvalue()) == result_to_wire(RESULT, "1.0.0")
+
+
+def _gc_args(**config):
+    return skel.CmdArgs("GC", "", "", "", "", (), b"", {"name": "net", **config}, "1.1.0")
+
+
+def test_valid_attachments_reads_both_keys():
+    args = _gc_args(**{"cni.dev/valid-attachments": [{"containerID": "a", "ifname": "eth0"}],
+                       "cni.dev/attachments": [{"containerID": "b", "ifname": "eth1"}]})
+    assert args.valid_attachments() == {("a", "eth0"), ("b", "eth1")}
+
+
+def test_valid_attachments_none_without_a_list_and_empty_with_an_empty_one():
+    assert _gc_args().valid_attachments() is None  # keep on doubt: GC removes nothing
+    assert _gc_args(**{"cni.dev/valid-attachments": []}).valid_attachments() == set()
+
+
+@pytest.mark.parametrize("bad", ["x", [{"ifname": "eth0"}], [{"containerID": "a", "ifname": 3}], ["a"]])
+def test_valid_attachments_malformed_is_code_7(bad):
+    with pytest.raises(errors.InvalidConfig) as info:
+        _gc_args(**{"cni.dev/valid-attachments": bad}).valid_attachments()
+    assert "cni.dev/valid-attachments" in info.value.details

@@ -1,0 +1,97 @@
+"""Apply portmap_render.py's transactions with `nft` (through NftRunner), in the caller's netns.
+
+ADD, DEL and GC each hold an exclusive flock on LOCK_FILE for list + decide + apply, so two pods
+asking for the same host port at once cannot both pass the conflict check (the kernel's EEXIST on
+`create element` is the second guard, also against writers that do not lock). One file for the
+node: each holder runs two nft commands, and a file per network namespace would pile up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import os
+import time
+from collections.abc import Iterator
+
+from ..spec.errors import FirewallFailure, TryAgainLater
+from . import portmap_render as pr
+from . import render
+from .nftables import NftRunner
+
+LOCK_FILE = "/run/pycni/portmap.lock"
+LOCK_TIMEOUT = 30.0  # seconds
+LOCK_POLL = 0.02
+
+
+@contextlib.contextmanager
+def locked(path: str | None = None, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
+    """Hold the node's portmap lock; TryAgainLater (11) after `timeout`."""
+    path = path or LOCK_FILE
+    try:
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise FirewallFailure(f"cannot open the portmap lock {path}", exc.strerror or str(exc)) from exc
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise FirewallFailure(f"cannot lock {path}", exc.strerror or str(exc)) from exc
+                if time.monotonic() > deadline:
+                    raise TryAgainLater(f"portmap lock {path} is busy", f"not acquired within {timeout:.0f} s") from exc
+                time.sleep(LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # closing drops the flock
+
+
+class NftPortmap:
+    """Host-port DNAT and hairpin masquerade elements in `inet pycni`."""
+
+    def __init__(self, nft: str | None = None, lock_path: str | None = None) -> None:
+        self._nft = NftRunner(nft)
+        self._lock_path = lock_path
+
+    def entries(self) -> pr.Entries:
+        return pr.parse_entries(self._nft.listing(render.FAMILY))
+
+    def chains(self) -> set[str]:
+        return pr.chains_present(self._nft.listing(render.FAMILY))
+
+    def add(self, wanted: pr.Entries) -> list[tuple[pr.PortEntry, pr.PortEntry]]:
+        """Install `wanted` atomically. Returns the conflicts instead when another attachment
+        already holds one of the ports (then nothing was changed)."""
+        with locked(self._lock_path):
+            plan = pr.plan_add(wanted, self.entries())
+            if plan.conflicts:
+                return list(plan.conflicts)
+            self._nft.run(["-f", "-"], plan.script, "host port setup")
+        return []
+
+    def _delete(self, doomed: pr.Entries) -> pr.Entries:
+        if doomed:
+            self._nft.run(["-f", "-"], pr.render_delete(doomed), "host port removal")
+        return doomed
+
+    def remove(self, comment: str) -> pr.Entries:
+        with locked(self._lock_path):
+            return self._delete(self.entries().with_comment(comment))
+
+    def gc(self, network: str, keep_comments: set[str]) -> pr.Entries:
+        with locked(self._lock_path):
+            mine = self.entries().of_network(network)
+            doomed = pr.Entries(
+                ports=tuple(e for e in mine.ports if e.comment not in keep_comments),
+                masq=tuple(e for e in mine.masq if e.comment not in keep_comments),
+            )
+            return self._delete(doomed)
+
+    def usable(self) -> None:
+        """A dry run (-c) of the skeleton: nft exists and the kernel has nat, fib and maps."""
+        self._nft.run(["-c", "-f", "-"], "\n".join(pr.render_skeleton()) + "\n", "status probe")
