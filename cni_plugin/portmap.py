@@ -7,7 +7,7 @@ README (section pycni-portmap):
 * nftables only (`inet pycni` table, maps keyed by [hostIP .] protocol . port, see
   firewall/portmap_render.py); `backend: iptables` is refused with code 2;
 * a host port another attachment already holds on the same hostIP (or on any address) is refused
-  with code 101 instead of being silently taken over (the reference is last-writer-wins);
+  with code 110 (HostPortTaken) instead of being silently taken over (the reference is last-writer-wins);
 * hairpin masquerade covers the pod's whole subnet (a neighbour pod on the same bridge reaching
   this pod through a host port gets the reply), not only the pod itself;
 * DEL and GC find elements by attachment comment, with no prevResult or netns needed; GC removes
