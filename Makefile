@@ -4,12 +4,17 @@ PREFIX      ?= /opt/pycni
 CNI_BIN_DIR ?= /opt/cni/bin
 # prefixed: pycni-<plugin> beside the reference plugins; reference: bridge, host-local, loopback...
 CNI_NAMES   ?= prefixed
+# agent: executables forward to pycni-agent on AGENT_SOCKET, in-process when it is not running;
+# direct: always in-process
+SHIM         ?= agent
+AGENT_SOCKET ?= /run/pycni/agent.sock
 VENV        ?= .venv
 
 .PHONY: install uninstall test lint bench demo clean
 
 install:
-	$(PYTHON) scripts/install.py --prefix $(PREFIX) --bin-dir $(CNI_BIN_DIR) --names $(CNI_NAMES)
+	$(PYTHON) scripts/install.py --prefix $(PREFIX) --bin-dir $(CNI_BIN_DIR) --names $(CNI_NAMES) \
+		--shim $(SHIM) --agent-socket $(AGENT_SOCKET)
 
 uninstall:
 	$(PYTHON) scripts/install.py --bin-dir $(CNI_BIN_DIR) --uninstall
@@ -23,7 +28,7 @@ lint: $(VENV)/bin/python
 	$(VENV)/bin/lint-imports
 
 bench:
-	$(PYTHON) scripts/bench.py
+	$(PYTHON) scripts/bench $(BENCH_ARGS)
 
 demo:
 	$(PYTHON) scripts/demo.py --bin-dir $(CNI_BIN_DIR)

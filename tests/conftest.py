@@ -134,7 +134,9 @@ def installed_bin(tmp_path_factory) -> Path:
     bin_dir = base / "bin"
     subprocess.run(
         [sys.executable, str(REPO / "scripts" / "install.py"), "--prefix", str(base / "prefix"),
-         "--bin-dir", str(bin_dir), "--names", "both", "--python", sys.executable],
+         "--bin-dir", str(bin_dir), "--names", "both", "--python", sys.executable,
+         # A socket of the test's own: an agent the machine may run never serves these executables.
+         "--agent-socket", str(base / "agent.sock")],
         check=True,
     )
     return bin_dir

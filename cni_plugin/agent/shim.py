@@ -1,0 +1,111 @@
+"""The body of every installed executable: forward the invocation to pycni-agent, else run it here.
+
+Runs on every plugin exec, so it imports only builtins that a `python3 -IS` interpreter has
+already loaded (`posix`, `sys`), the `_socket` extension and the framing module: no `os` (2-3 ms),
+no `json` (~7 ms). Everything heavier is imported on the fallback path only (fallback.py).
+
+What is forwarded: the plugin name, the CNI_* and PYCNI_* variables and PATH (a runtime gives a
+plugin nothing else that matters), and stdin. The agent runs the handler in this process's
+network namespace and answers exit code + stdout + stderr, which are written back verbatim.
+
+When the agent cannot be used (see fallback.py for the "agent" config key):
+- no socket, or nothing listening (ENOENT, ECONNREFUSED, any connect error): run in-process;
+- the connection drops before the agent said "started": the agent did nothing; run in-process;
+- the connection drops after "started": an ADD may be half done, so ADD answers TryAgainLater
+  (11) and the runtime's DEL cleans up; DEL, CHECK, STATUS, GC and VERSION run in-process.
+"""
+
+import _socket
+import posix
+import sys
+
+from . import protocol
+
+FORWARD_PREFIXES = (b"CNI_", b"PYCNI_")
+FORWARD_NAMES = (b"PATH",)
+CHUNK = 1 << 16
+
+
+def env_entries(environ: dict[bytes, bytes]) -> list[bytes]:
+    return [k + b"=" + v for k, v in environ.items() if k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES]
+
+
+def _read_stdin(verb: bytes) -> bytes:
+    if verb == b"VERSION":
+        # As spec.plugin.read_version_input: VERSION never blocks on a terminal or fails on stdin.
+        try:
+            if posix.isatty(0):
+                return b""
+            return _read_all(0)
+        except OSError:
+            return b""
+    return _read_all(0)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks: list[bytes] = []
+    while True:
+        chunk = posix.read(fd, CHUNK)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    try:
+        while data:
+            data = data[posix.write(fd, data) :]
+    except OSError:
+        pass  # a closed stdout/stderr: nothing else can be done with the bytes
+
+
+def _fallback(plugin: str, socket_path: str, data: "bytes | None", started: bool, reason: str) -> int:
+    from .fallback import run_here
+
+    return run_here(plugin, socket_path, data, started, reason)
+
+
+def run(plugin: str, socket_path: str) -> int:
+    verb = posix.environ.get(b"CNI_COMMAND", b"")
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+    try:
+        try:
+            sock.connect(socket_path)
+        except OSError as exc:
+            return _fallback(plugin, socket_path, None, False, f"cannot connect: {exc.strerror or exc}")
+        try:
+            data = _read_stdin(verb)
+        except OSError:
+            # In-process dispatch reads stdin itself and reports its own IOFailure (code 5).
+            return _fallback(plugin, socket_path, None, False, "stdin unreadable")
+        frame = protocol.encode_request(plugin.encode(), env_entries(posix.environ), data)
+        try:
+            sock.sendall(frame)
+        except OSError:
+            pass  # the agent may have answered before closing: whatever it sent is read below
+        received = b""
+        while True:
+            try:
+                chunk = sock.recv(CHUNK)
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            received += chunk
+            try:
+                started, reply = protocol.decode_replies(received)
+            except protocol.ProtocolError:
+                break
+            if reply is not None:
+                code, out, err = reply
+                _write_all(1, out)
+                _write_all(2, err)
+                return code
+        started = received[:1] == protocol.STARTED
+        return _fallback(plugin, socket_path, data, started, "the agent closed the connection")
+    finally:
+        sock.close()
+
+
+if __name__ == "__main__":  # pragma: no cover - manual use: python -m cni_plugin.agent.shim NAME SOCKET
+    sys.exit(run(sys.argv[1], sys.argv[2]))
