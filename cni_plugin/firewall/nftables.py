@@ -5,14 +5,16 @@ Every nft failure becomes FirewallFailure (code 106) carrying nft's own message.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
-from collections.abc import Iterable
+import sys
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from ..spec.errors import FirewallFailure
 from ..spec.types import IPInterface
-from . import render
+from . import lock, render
 from .backend import MasqEntry, SpoofEntry
 
 NFT_CANDIDATES = ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft")
@@ -26,6 +28,10 @@ def _nft_binary() -> str:
         if shutil.which(candidate):
             return candidate
     raise FirewallFailure("nftables is not usable", "the nft executable was not found")
+
+
+def _warn(message: str) -> None:
+    sys.stderr.write(f"pycni: {message}\n")
 
 
 class NftRunner:
@@ -57,27 +63,52 @@ class NftRunner:
 
 
 class NftMasquerade:
-    """The Masquerade backend on the kernel's nftables, in the caller's network namespace."""
+    """The Masquerade backend on the kernel's nftables, in the caller's network namespace.
 
-    def __init__(self, nft: str | None = None) -> None:
-        self._nft = NftRunner(nft)
+    ADD, DEL and GC hold the node's masquerade lock (lock.py) around list + decide + apply: the
+    last DEL of a network deletes its chain and sets, and an ADD of the same network must not
+    slip in between that DEL's listing and its transaction.
+    """
+
+    def __init__(self, nft: str | None = None, lock_path: str | None = None, runner: NftRunner | None = None) -> None:
+        self._nft = runner or NftRunner(nft)
+        self._lock_path = lock_path or lock.lock_path("masquerade")
+
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return lock.locked(self._lock_path, "masquerade")
 
     def add(self, network: str, tag: str, addresses: Iterable[IPInterface]) -> None:
-        self._nft.run(["-f", "-"], render.render_add(network, tag, addresses), f"masquerade setup for {network}")
+        script = render.render_add(network, tag, addresses)
+        with self._locked():
+            self._nft.run(["-f", "-"], script, f"masquerade setup for {network}")
 
     def entries(self, network: str) -> list[MasqEntry]:
         return render.parse_entries(network, self._nft.listing(render.FAMILY))
 
-    def _delete(self, network: str, doomed: list[MasqEntry]) -> list[MasqEntry]:
-        if doomed:
-            self._nft.run(["-f", "-"], render.render_delete(network, doomed), f"masquerade removal for {network}")
-        return doomed
+    def _remove_where(self, network: str, doomed: Callable[[str], bool]) -> list[MasqEntry]:
+        with self._locked():
+            plan = render.plan_removal(network, self._nft.listing(render.FAMILY), doomed)
+            if not plan.script:
+                return []
+            what = f"masquerade removal for {network}"
+            try:
+                self._nft.run(["-f", "-"], plan.script, what)
+            except FirewallFailure as exc:
+                if not plan.teardown:
+                    raise
+                # E.g. an operator's rule refers to one of the sets: the kernel refuses to delete
+                # it (EBUSY). The attachment's own elements must still go; the skeleton stays.
+                _warn(f"{what}: the network's chain and sets stay ({exc.msg}: {exc.details})")
+                script = render.render_delete(network, plan.removed)
+                if script:
+                    self._nft.run(["-f", "-"], script, what)
+        return list(plan.removed)
 
     def remove(self, network: str, tag: str) -> list[MasqEntry]:
-        return self._delete(network, [e for e in self.entries(network) if e.tag == tag])
+        return self._remove_where(network, lambda t: t == tag)
 
     def gc(self, network: str, keep: set[str]) -> list[MasqEntry]:
-        return self._delete(network, [e for e in self.entries(network) if e.tag not in keep])
+        return self._remove_where(network, lambda t: t not in keep)
 
     def usable(self) -> None:
         # A dry run (-c) of creating the table: proves nft exists and the kernel accepts inet nat.

@@ -18,7 +18,8 @@ import re
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -35,6 +36,7 @@ from ..spec.errors import (
 )
 from ..spec.skel import CmdArgs, Handlers, ifname_problem
 from ..spec.types import IPAddress, Result
+from . import lock
 from . import policy_render as pr
 from .nftables import NftRunner
 from .render import FAMILY, attachment_tag
@@ -126,42 +128,58 @@ class Backend(Protocol):
 
 
 class NftFirewall:
-    def __init__(self, runner: NftRunner | None = None) -> None:
+    """ADD, DEL and GC hold the node's firewall lock (lock.py) around list + decide + apply: the
+    last DEL of a network deletes its chain and sets, and an ADD of the same network must not
+    slip in between that DEL's listing and its transaction."""
+
+    def __init__(self, runner: NftRunner | None = None, lock_path: str | None = None) -> None:
         self._nft = runner or NftRunner()
+        self._lock_path = lock_path or lock.lock_path("firewall")
+
+    def _locked(self) -> AbstractContextManager[None]:
+        return lock.locked(self._lock_path, "firewall")
 
     def add(self, conf: FirewallConf, tag: str, t: Target) -> None:
         script = pr.render_add(
             conf.name, tag, t.addresses, admin=conf.admin_chain, policy=conf.policy, bridge=t.bridge, host_if=t.host_if
         )
-        self._nft.run(["-f", "-"], script, f"firewall setup for {conf.name}")
+        with self._locked():
+            self._nft.run(["-f", "-"], script, f"firewall setup for {conf.name}")
 
-    def _doomed(self, conf: FirewallConf, wanted: Any) -> tuple[list[pr.FwEntry], list[pr.PortEntry]]:
-        entries = [e for e in pr.parse_entries(conf.name, self._nft.listing(FAMILY)) if wanted(e.tag)]
-        prefix = pr.port_comment(conf.name, "")
-        ports = [
-            p for p in pr.parse_ports(self._nft.listing("bridge"))
-            if p.comment.startswith(prefix) and wanted(p.comment[len(prefix):])
-        ]
-        return entries, ports
-
-    def _delete(self, conf: FirewallConf, entries: list[pr.FwEntry], ports: list[pr.PortEntry]) -> None:
-        if entries or ports:
-            self._nft.run(["-f", "-"], pr.render_delete(conf.name, entries, ports), f"firewall removal for {conf.name}")
+    def _remove_where(self, conf: FirewallConf, doomed: Callable[[str], bool]) -> None:
+        """Under the lock already."""
+        plan = pr.plan_removal(conf.name, self._nft.listing(FAMILY), self._nft.listing("bridge"), doomed)
+        if not plan.script:
+            return
+        what = f"firewall removal for {conf.name}"
+        try:
+            self._nft.run(["-f", "-"], plan.script, what)
+        except FirewallFailure as exc:
+            if not plan.teardown:
+                raise
+            # E.g. an operator's rule refers to fw4_N: the kernel refuses to delete the set (EBUSY).
+            # The attachment's own elements must still go; the network's chain and sets stay.
+            _warn(f"{what}: the network's chain and sets stay ({exc.msg}: {exc.details})")
+            script = pr.render_delete(conf.name, plan.entries, plan.ports)
+            if script:
+                self._nft.run(["-f", "-"], script, what)
 
     def remove(self, conf: FirewallConf, tag: str) -> None:
-        self._delete(conf, *self._doomed(conf, lambda t: t == tag))
+        with self._locked():
+            self._remove_where(conf, lambda t: t == tag)
 
     def gc(self, conf: FirewallConf, keep: set[str]) -> None:
-        self._delete(conf, *self._doomed(conf, lambda t: t not in keep))
-        # Per-bridge isolation elements are shared; drop only those naming a link that is gone.
-        bridges, _ = pr.parse_isolation(self._nft.listing(FAMILY))
-        if bridges:
-            from .. import netlink  # only here: ADD/DEL never pay for pyroute2's import
+        with self._locked():
+            self._remove_where(conf, lambda t: t not in keep)
+            # Per-bridge isolation elements are shared; drop only those naming a link that is gone.
+            bridges, _ = pr.parse_isolation(self._nft.listing(FAMILY))
+            if bridges:
+                from .. import netlink  # only here: ADD/DEL never pay for pyroute2's import
 
-            with netlink.Netlink() as host:
-                gone = sorted(bridges - set(host.link_names()))
-            if gone:
-                self._nft.run(["-f", "-"], pr.render_bridge_delete(gone), "firewall isolation cleanup")
+                with netlink.Netlink() as host:
+                    gone = sorted(bridges - set(host.link_names()))
+                if gone:
+                    self._nft.run(["-f", "-"], pr.render_bridge_delete(gone), "firewall isolation cleanup")
 
     def check(self, conf: FirewallConf, tag: str, t: Target) -> None:
         listing = self._nft.listing(FAMILY)

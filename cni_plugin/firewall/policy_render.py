@@ -38,6 +38,12 @@ ingressPolicy same-bridge / isolated (the reference's CNI-ISOLATION-STAGE-1/2, a
 Every ADD re-declares all of it and rewrites the fw_ chains in one transaction ("add" of an
 existing object is a no-op, "flush chain" + re-add is idempotent), so racing ADDs converge.
 
+The per-network objects (chain fw_N, sets fw4_N and fw6_N) go with the network's last element:
+a DEL or GC that leaves none deletes them in its transaction (`plan_removal`). Shared objects stay
+(fw_admin_*, the admin chain, the isolation sets and chains, the table). ADD, DEL and GC hold the
+node's firewall lock (lock.py) around list + decide + apply, so an ADD racing the last DEL cannot
+lose its elements.
+
 nftables verdicts: an `accept` ends only the base chain it is in. A drop in any other base chain
 on the forward hook (e.g. Docker's iptables-nft FORWARD policy DROP) still drops the packet, so
 on such nodes the accept rules above cannot let pod traffic through: that is what `backend:
@@ -49,12 +55,12 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import shlex
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..spec.types import IPAddress
-from .render import FAMILY, TABLE, network_id
+from .render import FAMILY, TABLE, network_id, objects, render_teardown
 
 T = f"{FAMILY} {TABLE}"
 BRIDGE_T = f"bridge {TABLE}"
@@ -184,6 +190,37 @@ def render_delete(network: str, entries: Iterable[FwEntry], ports: Iterable[Port
     lines = [f"delete element {T} {set_name(network, e.address.version)} {{ {e.address} }}" for e in entries]
     lines += [f"delete element {BRIDGE_T} {ISO_PORTS} {{ {_quote(p.host_if)} }}" for p in ports]
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    """What a DEL/GC does to one network: `script` is "" when there is nothing to change."""
+
+    entries: tuple[FwEntry, ...]
+    ports: tuple[PortEntry, ...]
+    teardown: bool  # no address of the network is left: fw_N, fw4_N and fw6_N go as well
+    script: str
+
+
+def plan_removal(
+    network: str, inet: dict[str, Any], bridge: dict[str, Any], doomed: Callable[[str], bool]
+) -> RemovalPlan:
+    """Remove the addresses and isolated ports whose attachment tag is `doomed` (from the `inet`
+    and `bridge` pycni listings); when the network has no address left (or none, but its objects
+    exist), its chain and sets are deleted in the same transaction."""
+    entries = parse_entries(network, inet)
+    doomed_entries = tuple(e for e in entries if doomed(e.tag))
+    prefix = port_comment(network, "")
+    ports = tuple(p for p in parse_ports(bridge) if p.comment.startswith(prefix) and doomed(p.comment[len(prefix):]))
+    chains, sets = objects(inet)
+    mine_chains = [c for c in (chain_name(network),) if c in chains]
+    mine_sets = [s for s in (set_name(network, 4), set_name(network, 6)) if s in sets]
+    teardown = len(doomed_entries) == len(entries) and bool(mine_chains or mine_sets)
+    if not teardown:
+        return RemovalPlan(doomed_entries, ports, False, render_delete(network, doomed_entries, ports))
+    # The sets go whole; the shared bridge-family port set keeps its other elements.
+    lines = render_teardown(mine_chains, mine_sets, T) + render_delete(network, (), ports).splitlines()
+    return RemovalPlan(doomed_entries, ports, True, "\n".join(lines) + "\n")
 
 
 def render_bridge_delete(bridges: Iterable[str]) -> str:

@@ -1,54 +1,29 @@
 """Apply portmap_render.py's transactions with `nft` (through NftRunner), in the caller's netns.
 
-ADD, DEL and GC each hold an exclusive flock on LOCK_FILE for list + decide + apply, so two pods
-asking for the same host port at once cannot both pass the conflict check (the kernel's EEXIST on
-`create element` is the second guard, also against writers that do not lock). One file for the
-node: each holder runs two nft commands, and a file per network namespace would pile up.
+ADD, DEL and GC each hold an exclusive flock on LOCK_FILE for list + decide + apply (lock.py), so
+two pods asking for the same host port at once cannot both pass the conflict check (the kernel's
+EEXIST on `create element` is the second guard, also against writers that do not lock). One file
+for the node: each holder runs two nft commands, and a file per network namespace would pile up.
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
-import os
-import time
 from collections.abc import Iterator
 
-from ..spec.errors import FirewallFailure, TryAgainLater
+from . import lock, render
 from . import portmap_render as pr
-from . import render
 from .nftables import NftRunner
 
-LOCK_FILE = "/run/pycni/portmap.lock"
-LOCK_TIMEOUT = 30.0  # seconds
-LOCK_POLL = 0.02
+LOCK_FILE = lock.lock_path("portmap")
+LOCK_TIMEOUT = lock.LOCK_TIMEOUT  # seconds
 
 
 @contextlib.contextmanager
 def locked(path: str | None = None, timeout: float = LOCK_TIMEOUT) -> Iterator[None]:
-    """Hold the node's portmap lock; TryAgainLater (11) after `timeout`."""
-    path = path or LOCK_FILE
-    try:
-        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    except OSError as exc:
-        raise FirewallFailure(f"cannot open the portmap lock {path}", exc.strerror or str(exc)) from exc
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EAGAIN, errno.EACCES):
-                    raise FirewallFailure(f"cannot lock {path}", exc.strerror or str(exc)) from exc
-                if time.monotonic() > deadline:
-                    raise TryAgainLater(f"portmap lock {path} is busy", f"not acquired within {timeout:.0f} s") from exc
-                time.sleep(LOCK_POLL)
+    """Hold the node's portmap lock; TryAgainLater (11) after `timeout` (lock.py)."""
+    with lock.locked(path or LOCK_FILE, "portmap", timeout):
         yield
-    finally:
-        os.close(fd)  # closing drops the flock
 
 
 class NftPortmap:

@@ -23,6 +23,13 @@ Every ADD re-declares the table, sets and chain and rewrites the chain's four ru
 transaction ("add" of an existing object is a no-op, "flush chain" + re-add is idempotent), so
 concurrent ADDs converge on the same ruleset. An element is added, deleted and re-added in that
 transaction so it carries this attachment's tag even if a stale entry held the address.
+
+DEL and GC that leave a network without pod elements delete its chain and four sets in the same
+transaction (`plan_removal`): nothing per network outlives its last attachment (podman's `network
+rm`, for one, calls no plugin). The table stays: the portmap and firewall objects share it, and
+an empty table hooks nothing. ADD, DEL and GC hold the node's masquerade lock (lock.py) around
+list + decide + apply, so an ADD racing the last DEL either lands before the listing (and the
+skeleton stays) or after the teardown (and re-creates it).
 """
 
 from __future__ import annotations
@@ -30,7 +37,8 @@ from __future__ import annotations
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from typing import Any
 
 from ..spec.types import IPInterface
@@ -95,6 +103,53 @@ def render_delete(network: str, entries: Iterable[MasqEntry]) -> str:
     s, t = set_names(network), f"{FAMILY} {TABLE}"
     lines = [f"delete element {t} {s[f'pods{e.address.version}']} {{ {e.address} }}" for e in entries]
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def render_teardown(chains: Iterable[str], sets: Iterable[str], table: str = f"{FAMILY} {TABLE}") -> list[str]:
+    """Delete `chains` (flushed first: older kernels refuse to delete a chain that holds rules),
+    then `sets` (no longer referenced once those rules are gone). Name only objects that exist:
+    deleting a missing one fails the whole transaction."""
+    lines = []
+    for chain in chains:
+        lines += [f"flush chain {table} {chain}", f"delete chain {table} {chain}"]
+    lines += [f"delete set {table} {name}" for name in sets]
+    return lines
+
+
+def objects(listing: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """(chain names, set and map names) in an `nft -j list table` listing."""
+    chains: set[str] = set()
+    sets: set[str] = set()
+    for item in listing.get("nftables", []):
+        if not isinstance(item, dict):
+            continue
+        for kind, bucket in (("chain", chains), ("set", sets), ("map", sets)):
+            if isinstance(item.get(kind), dict) and "name" in item[kind]:
+                bucket.add(item[kind]["name"])
+    return chains, sets
+
+
+@dataclass(frozen=True)
+class RemovalPlan:
+    """What a DEL/GC does to one network: `script` is "" when there is nothing to change."""
+
+    removed: tuple[MasqEntry, ...]
+    teardown: bool  # no element of the network is left: its chain and sets go as well
+    script: str
+
+
+def plan_removal(network: str, listing: dict[str, Any], doomed: Callable[[str], bool]) -> RemovalPlan:
+    """Remove the entries whose tag is `doomed`; when none of the network's are left (or there were
+    none but its skeleton exists, e.g. from an older pycni), delete its chain and sets instead."""
+    entries = parse_entries(network, listing)
+    removed = tuple(e for e in entries if doomed(e.tag))
+    chains, sets = objects(listing)
+    mine_chains = [c for c in (chain_name(network),) if c in chains]
+    mine_sets = [name for name in set_names(network).values() if name in sets]
+    if len(removed) == len(entries) and (mine_chains or mine_sets):
+        lines = render_teardown(mine_chains, mine_sets)
+        return RemovalPlan(removed, True, "\n".join(lines) + "\n")
+    return RemovalPlan(removed, False, render_delete(network, removed))
 
 
 def parse_entries(network: str, listing: dict[str, Any]) -> list[MasqEntry]:

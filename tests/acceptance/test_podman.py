@@ -232,10 +232,6 @@ def test_rm_and_network_rm_leave_nothing(pm: PodmanWorld):
         pm.forget_network(net)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "pycni keeps a network's chains and sets in table inet pycni (bridge masq_<id>, pods*/nets*; "
-    "firewall fw_<id>, fw4/fw6) after its last attachment is gone; podman's `network rm` calls no "
-    "plugin, so they stay for good (the reference keeps no per-network rules)"))
 def test_network_rm_leaves_no_per_network_rules(pm: PodmanWorld):
     net = pm.network_create()
     pm.run_detached("m1", "--network", net.name)

@@ -9,11 +9,15 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
+import threading
+import time
 import uuid
 
 import pytest
 
-from cni_plugin.firewall import attachment_tag
+from cni_plugin import netns
+from cni_plugin.firewall import attachment_tag, network_id
+from cni_plugin.firewall.nftables import NftMasquerade, NftRunner
 from tests.conftest import bare_env, free_subnet, run_plugin
 
 from .bridge_support import (
@@ -277,3 +281,183 @@ def test_macspoofchk_drops_frames_from_a_changed_mac(host_netns, netns_factory, 
     for pod, cid in pods:
         assert run_inproc(host_netns, "DEL", conf, cid, pod.path)[0] == 0
     assert spoof_elements(host_netns) == []
+
+
+# --- a network's last attachment takes its nftables chain and sets along -------------------------------------
+
+
+def _network_lines(ns, network: str, *subnets) -> list[str]:
+    """Lines of `nft list table inet pycni` that belong to `network` (its id, a subnet, its name)."""
+    proc = ns.run("nft", "list", "table", "inet", "pycni", check=False)
+    needles = [network_id(network), f'"{network}"', *(str(s) for s in subnets)]
+    return [line.strip() for line in proc.stdout.splitlines() if any(n in line for n in needles)]
+
+
+def test_last_del_and_gc_remove_the_networks_chain_and_sets(host_netns, netns_factory, tmp_path):
+    """Two pods: DEL of one keeps the network's chain and sets (the other pod is still masqueraded);
+    DEL of the last leaves nothing of the network in `inet pycni`; so does a GC that keeps nobody."""
+    v4, v6 = free_subnet(4), free_subnet(6)
+    outside = Outside(netns_factory, host_netns, free_subnet(4, 30))
+    conf = bridge_conf("1.1.0", "lastdel", "cni-lastdel", tmp_path, [v4, v6], isGateway=True,
+                       isDefaultGateway=True, ipMasq=True)
+    conf["ipam"]["type"] = "pycni-host-local"  # GC below: the Go host-local has none
+    n = network_id("lastdel")
+    pods = []
+    for _ in range(2):
+        pod, cid = netns_factory("pycni-pod"), _cid()
+        rc, result, err = run_inproc(host_netns, "ADD", conf, cid, pod.path)
+        assert rc == 0, (result, err)
+        pods.append((pod, cid, result))
+    (pod_a, cid_a, res_a), (pod_b, cid_b, res_b) = pods
+
+    assert run_inproc(host_netns, "DEL", dict(conf, prevResult=res_a), cid_a, pod_a.path)[0] == 0
+    left = _network_lines(host_netns, "lastdel", v4, v6)
+    for name in (f"chain masq_{n}", f"set pods4_{n}", f"set pods6_{n}", f"set nets4_{n}", f"set nets6_{n}"):
+        assert any(line.startswith(name) for line in left), (name, left)
+    assert sorted(tag for _, tag in masq_elements(host_netns)) == [attachment_tag(cid_b, "eth0")] * 2
+    assert outside.connect_from(pod_b) == str(outside.host_ip), "the survivor is still masqueraded"
+
+    for _ in range(2):  # the last DEL, then a repeated one
+        rc, out, err = run_inproc(host_netns, "DEL", dict(conf, prevResult=res_b), cid_b, pod_b.path)
+        assert rc == 0, (out, err)
+    assert _network_lines(host_netns, "lastdel", v4, v6) == []
+    assert host_netns.run("nft", "list", "table", "inet", "pycni").returncode == 0  # the table stays
+
+    # GC keeping nobody is a last removal too (and a later ADD builds the skeleton again).
+    pod_c, cid_c = netns_factory("pycni-pod"), _cid()
+    rc, res_c, err = run_inproc(host_netns, "ADD", conf, cid_c, pod_c.path)
+    assert rc == 0, (res_c, err)
+    assert any(line.startswith(f"chain masq_{n}") for line in _network_lines(host_netns, "lastdel"))
+    assert outside.connect_from(pod_c) == str(outside.host_ip)
+    gc_conf = dict(conf, **{"cni.dev/valid-attachments": []})
+    rc, out, err = run_inproc(host_netns, "GC", gc_conf, "", "")
+    assert rc == 0, (out, err)
+    assert _network_lines(host_netns, "lastdel", v4, v6) == []
+    assert run_inproc(host_netns, "DEL", conf, cid_c, pod_c.path)[0] == 0
+
+
+def test_add_racing_the_last_del_keeps_its_entries(host_netns, tmp_path, mocker):
+    """The last DEL lists the table, then a second pod's ADD starts before DEL applies: the ADD
+    must wait for the lock (else the DEL's teardown would delete the sets holding its element)."""
+    from cni_plugin.firewall import lock
+
+    lock_path = str(tmp_path / "masquerade.lock")
+    subnet = free_subnet(4, 24)
+    a, b = (ipaddress.ip_interface(f"{subnet.network_address + i}/24") for i in (2, 3))
+    masq = NftMasquerade(lock_path=lock_path)
+
+    waiting = threading.Event()
+
+    class Clock:  # lock.py's time, noting when someone polls for the lock
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            waiting.set()
+            time.sleep(seconds)
+
+    mocker.patch.object(lock, "time", Clock)
+    racer: list[threading.Thread] = []
+    real_listing = NftRunner.listing
+
+    def listing_then_race(self, family):
+        found = real_listing(self, family)
+        if not racer:  # the DEL's listing: start the racing ADD, let it reach the lock (or finish)
+            racer.append(in_netns(host_netns, masq.add, "race", "tag-b", [b]))
+            while not waiting.wait(0.01) and racer[0].is_alive():
+                pass
+        return found
+
+    in_netns(host_netns, masq.add, "race", "tag-a", [a]).join()
+    mocker.patch.object(NftRunner, "listing", listing_then_race)
+    in_netns(host_netns, masq.remove, "race", "tag-a").join()
+    racer[0].join()
+    mocker.stopall()
+
+    assert masq_elements(host_netns) == [(str(b.ip), "tag-b")]
+    assert waiting.is_set(), "the racing ADD waited for the DEL's lock"
+    assert any(line.startswith(f"chain masq_{network_id('race')}") for line in _network_lines(host_netns, "race"))
+    in_netns(host_netns, masq.remove, "race", "tag-b").join()
+    assert _network_lines(host_netns, "race") == []
+
+
+def in_netns(ns, fn, *args) -> threading.Thread:
+    """Start `fn(*args)` on a thread inside `ns`; the thread's exception is re-raised by join()."""
+
+    class Worker(threading.Thread):
+        error: BaseException | None = None
+
+        def run(self) -> None:
+            try:
+                with netns.entered(ns.path):
+                    fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - re-raised in join()
+                self.error = exc
+
+        def join(self, timeout: float | None = None) -> None:
+            super().join(timeout)
+            if self.error is not None:
+                raise self.error
+
+    worker = Worker()
+    worker.start()
+    return worker
+
+
+def join_all(threads: list[threading.Thread]) -> None:
+    """Join every thread, then re-raise the first failure (no thread is left running)."""
+    errors = []
+    for thread in threads:
+        try:
+            thread.join()
+        except BaseException as exc:  # noqa: BLE001 - re-raised below
+            errors.append(exc)
+    if errors:
+        raise errors[0]
+
+
+def test_concurrent_add_del_churn_on_one_network_ends_with_the_survivors(host_netns, netns_factory, tmp_path):
+    """Pods of one network come and go at once: each round the pods that are up are DELeted while
+    the others are ADDed, all started together, so the network keeps emptying while ADDs land.
+    After every round the masquerade holds exactly the pods that are up; at the end it works."""
+    subnet = free_subnet(4, 24)
+    outside = Outside(netns_factory, host_netns, free_subnet(4, 30))
+    conf = bridge_conf("1.0.0", "churn", "cni-churn", tmp_path, [subnet], isGateway=True,
+                       isDefaultGateway=True, ipMasq=True)
+    conf["ipam"]["type"] = "pycni-host-local"
+    workers, rounds = 4, 4
+    pods = [netns_factory("pycni-pod") for _ in range(workers)]
+    up: dict[int, dict] = {}  # worker -> its ADD result
+
+    def step(i: int, start: threading.Barrier | None = None) -> None:
+        cid = f"churn{i}"
+        if start is not None:
+            start.wait()
+        if i in up:
+            rc, out, err = run_inproc(host_netns, "DEL", dict(conf, prevResult=up[i]), cid, pods[i].path,
+                                      CNI_PATH="/nonexistent")
+            assert rc == 0, (out, err)
+            del up[i]
+        else:
+            rc, up[i], err = run_inproc(host_netns, "ADD", conf, cid, pods[i].path, CNI_PATH="/nonexistent")
+            assert rc == 0, (up[i], err)
+
+    def expected() -> list[tuple[str, str]]:
+        return sorted((r["ips"][0]["address"].split("/")[0], attachment_tag(f"churn{i}", "eth0"))
+                      for i, r in up.items())
+
+    for i in range(0, workers, 2):  # half the pods start up
+        step(i)
+    for n in range(rounds):
+        start = threading.Barrier(workers)
+        join_all([in_netns(host_netns, step, i, start) for i in range(workers)])
+        assert sorted(masq_elements(host_netns)) == expected(), f"round {n}"
+        assert len(up) == workers // 2
+
+    for i in up:
+        assert outside.connect_from(pods[i]) == str(outside.host_ip), f"churn{i} is masqueraded"
+    for i, result in list(up.items()):
+        assert run_inproc(host_netns, "DEL", dict(conf, prevResult=result), f"churn{i}", pods[i].path,
+                          CNI_PATH="/nonexistent")[0] == 0
+    assert _network_lines(host_netns, "churn", subnet) == [] and veths(host_netns) == []
+    assert ip_files(tmp_path, "churn") == []

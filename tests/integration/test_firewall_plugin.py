@@ -1,7 +1,8 @@
 """firewall against the real kernel: two pycni-bridge networks in one fake node, each chained with
 firewall; ingressPolicy open / same-bridge / isolated; pod egress and replies; the admin chain;
 an iptables FORWARD policy DROP of our own (nftables accepts cannot pass it, the iptables backend
-can); DEL and GC leave nothing; chained after the Go reference bridge."""
+can); DEL and GC leave nothing (the last one takes the network's chain and sets along, also when
+an ADD races it); chained after the Go reference bridge."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import io
 import json
 import subprocess
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 
 from cni_plugin import entry, netns
 from cni_plugin.firewall import policy_render as pr
-from cni_plugin.firewall.render import attachment_tag
+from cni_plugin.firewall.render import attachment_tag, network_id
 from cni_plugin.spec import skel
 from tests.conftest import bare_env, free_subnet, run_plugin
 
@@ -280,3 +282,112 @@ def test_chained_after_go_bridge(installed_bin, host_netns, pod_netns, tmp_path)
         run(fw_exe, "DEL", dict(fw, prevResult=result))
     run(GO / "bridge", "DEL", dict(bridge, prevResult=result))
     assert fw_state(host_netns, "gofw")["gofw"] == []
+
+
+# --- a network's last attachment takes its fw_ chain and sets along ------------------------------------------
+
+
+def _fw_objects(host, network: str) -> list[str]:
+    """Lines of the pycni tables naming `network`'s id or name."""
+    text = host.run("nft", "list", "ruleset").stdout
+    return [line.strip() for line in text.splitlines() if network_id(network) in line or f'"{network}"' in line]
+
+
+def test_last_del_and_gc_remove_the_networks_firewall_objects(netns_factory, host_netns, outside, tmp_path):
+    (sa,) = subnets(1)
+    net = Network("fwlast", "cni-fwlast", sa, tmp_path / "ipam", {"ingressPolicy": "isolated"})
+    outside.ns.run("ip", "route", "add", str(sa), "via", str(outside.host_ip))
+    n = network_id(net.name)
+    first = Pod(host_netns, net, netns_factory("pycni-fl1"), "fl1")
+    second = Pod(host_netns, net, netns_factory("pycni-fl2"), "fl2")
+
+    first.delete()
+    left = _fw_objects(host_netns, net.name)
+    for name in (f"chain fw_{n}", f"set fw4_{n}", f"set fw6_{n}"):
+        assert any(line.startswith(name) for line in left), (name, left)
+    assert fw_state(host_netns, net.name)[net.name] == [(second.ip, attachment_tag("fl2", "eth0"))]
+    assert reaches(second.ns, str(outside.ip)), "the other pod keeps its accept rules"
+    second.check()
+
+    second.delete()
+    second.delete()
+    assert _fw_objects(host_netns, net.name) == []
+    assert fw_state(host_netns, net.name) == {net.name: [], "ports": []}
+    listing = host_netns.run("nft", "list", "table", "inet", "pycni").stdout
+    # Shared objects stay: the operator's admin chain, its hook, the isolation chain and sets.
+    for shared in ("chain CNI-ADMIN", f"chain {pr.admin_jump_chain('CNI-ADMIN')}", f"chain {pr.ISO_CHAIN}",
+                   f"set {pr.ISO_BRIDGES}"):
+        assert shared in listing, shared
+
+    # GC keeping nobody is a last removal too.
+    third = Pod(host_netns, net, netns_factory("pycni-fl3"), "fl3")
+    assert any(line.startswith(f"chain fw_{n}") for line in _fw_objects(host_netns, net.name))
+    gc_all = dict(net.fw_conf(), **{"cni.dev/valid-attachments": []})
+    rc, out, err = run_in(host_netns, "firewall", "GC", gc_all, "", "")
+    assert (rc, out) == (0, None), err
+    assert _fw_objects(host_netns, net.name) == []
+    third.delete()
+
+
+def test_add_racing_the_last_del_keeps_its_firewall_entries(host_netns, tmp_path, mocker):
+    """The last DEL has listed the tables when another pod's ADD starts: the ADD waits for the
+    firewall lock, so the DEL's teardown cannot take its element along."""
+    from cni_plugin.firewall import lock
+    from cni_plugin.firewall.nftables import NftRunner
+    from cni_plugin.firewall.plugin import FirewallConf, NftFirewall, Target, parse_config
+
+    conf = parse_config(FirewallConf, {"name": "fwrace"})
+    (subnet,) = subnets(1)
+    a, b = (Target((subnet.network_address + i,), "", "") for i in (2, 3))
+    backend = NftFirewall(lock_path=str(tmp_path / "firewall.lock"))
+    waiting = threading.Event()
+
+    class Clock:  # lock.py's time, noting when someone polls for the lock
+        monotonic = staticmethod(time.monotonic)
+
+        @staticmethod
+        def sleep(seconds: float) -> None:
+            waiting.set()
+            time.sleep(seconds)
+
+    def in_host(fn, *args) -> threading.Thread:
+        box: dict = {}
+
+        def go() -> None:
+            try:
+                with netns.entered(host_netns.path):
+                    fn(*args)
+            except BaseException as exc:  # noqa: BLE001 - checked below
+                box["exc"] = exc
+
+        thread = threading.Thread(target=go)
+        thread.box = box  # type: ignore[attr-defined]
+        thread.start()
+        return thread
+
+    racer: list[threading.Thread] = []
+    real_listing = NftRunner.listing
+
+    def listing_then_race(self, family):
+        found = real_listing(self, family)
+        if not racer:  # the DEL's first listing: start the racing ADD, let it reach the lock (or finish)
+            racer.append(in_host(backend.add, conf, "tag-b", b))
+            while not waiting.wait(0.01) and racer[0].is_alive():
+                pass
+        return found
+
+    mocker.patch.object(lock, "time", Clock)
+    first = in_host(backend.add, conf, "tag-a", a)
+    first.join()
+    mocker.patch.object(NftRunner, "listing", listing_then_race)
+    deleter = in_host(backend.remove, conf, "tag-a")
+    deleter.join()
+    racer[0].join()
+    mocker.stopall()
+    assert not first.box and not deleter.box and not racer[0].box, (first.box, deleter.box, racer[0].box)
+
+    assert fw_state(host_netns, "fwrace")["fwrace"] == [(str(subnet.network_address + 3), "tag-b")]
+    assert waiting.is_set(), "the racing ADD waited for the DEL's lock"
+    assert any(line.startswith(f"chain fw_{network_id('fwrace')}") for line in _fw_objects(host_netns, "fwrace"))
+    in_host(backend.remove, conf, "tag-b").join()
+    assert _fw_objects(host_netns, "fwrace") == []

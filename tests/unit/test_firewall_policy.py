@@ -160,6 +160,90 @@ def test_parse_listing():
     assert pr.parse_entries("net1", {}) == [] and pr.parse_isolation({}) == (set(), set())
 
 
+def _full_listing(network: str, *elems: tuple[str, str]) -> dict:
+    """The inet table as ADD leaves it: shared objects, this network's, and another network's."""
+    n, o = network_id(network), network_id("other")
+    items: list[dict] = [{"metainfo": {}}, {"table": {"family": "inet", "name": "pycni"}}]
+    for name in ("CNI-ADMIN", pr.admin_jump_chain("CNI-ADMIN"), pr.ISO_CHAIN, f"fw_{n}", f"fw_{o}"):
+        items.append({"chain": {"name": name}})
+    items.append({"rule": {"chain": f"fw_{n}", "expr": []}})
+    v4 = [{"elem": {"val": ip, "comment": tag}} for ip, tag in elems]
+    items += [{"set": {"name": f"fw4_{n}", **({"elem": v4} if v4 else {})}}, {"set": {"name": f"fw6_{n}"}},
+              {"set": {"name": f"fw4_{o}", "elem": [{"elem": {"val": "10.9.0.2", "comment": "o"}}]}},
+              {"set": {"name": pr.ISO_BRIDGES, "elem": ["cni0"]}}, {"set": {"name": pr.ISO_INTRA}}]
+    return {"nftables": items}
+
+
+BRIDGE_LISTING = {"nftables": [{"set": {"name": pr.ISO_PORTS, "elem": [
+    {"elem": {"val": "vethA", "comment": pr.port_comment("net1", "t1")}},
+    {"elem": {"val": "vethB", "comment": pr.port_comment("net1", "t2")}},
+    {"elem": {"val": "vethO", "comment": pr.port_comment("other", "t1")}}]}}]}
+
+
+def test_removal_of_one_of_two_pods_keeps_the_networks_objects():
+    n = network_id("net1")
+    plan = pr.plan_removal("net1", _full_listing("net1", ("198.18.0.2", "t1"), ("198.18.0.3", "t2")),
+                           BRIDGE_LISTING, lambda tag: tag == "t1")
+    assert not plan.teardown and plan.entries == (pr.FwEntry(A4, "t1"),)
+    assert plan.script.splitlines() == [f"delete element inet pycni fw4_{n} {{ 198.18.0.2 }}",
+                                        'delete element bridge pycni fw_isolated_ports { "vethA" }']
+
+
+def test_removal_of_the_last_pod_deletes_the_networks_chain_and_sets_only():
+    n = network_id("net1")
+    plan = pr.plan_removal("net1", _full_listing("net1", ("198.18.0.2", "t1")), BRIDGE_LISTING,
+                           lambda tag: tag == "t1")
+    assert plan.teardown and plan.ports == (pr.PortEntry("vethA", pr.port_comment("net1", "t1")),)
+    assert plan.script.splitlines() == [
+        f"flush chain inet pycni fw_{n}",
+        f"delete chain inet pycni fw_{n}",
+        f"delete set inet pycni fw4_{n}",
+        f"delete set inet pycni fw6_{n}",
+        'delete element bridge pycni fw_isolated_ports { "vethA" }',  # the port set is shared
+    ]
+    shared = ("CNI-ADMIN", pr.admin_jump_chain("CNI-ADMIN"), pr.ISO_CHAIN, pr.ISO_BRIDGES, pr.ISO_INTRA,
+              network_id("other"), "vethB", "vethO", "table")
+    assert not any(name in plan.script for name in shared)
+
+
+def test_gc_of_everyone_and_an_empty_leftover_are_teardowns_nothing_is_a_no_op():
+    listing = _full_listing("net1", ("198.18.0.2", "t1"), ("198.18.0.3", "t2"))
+    assert pr.plan_removal("net1", listing, {}, lambda tag: tag not in {"t9"}).teardown
+    assert pr.plan_removal("net1", _full_listing("net1"), {}, lambda tag: tag == "t1").teardown
+    assert pr.plan_removal("gone", _full_listing("net1"), {}, lambda tag: True).script == ""
+    assert pr.plan_removal("net1", {}, {}, lambda tag: True).script == ""
+
+
+def test_nft_backend_lists_and_applies_under_the_firewall_lock(tmp_path):
+    from cni_plugin.firewall import lock
+    from cni_plugin.spec.errors import TryAgainLater
+
+    path = str(tmp_path / "firewall.lock")
+    scripts: list[str] = []
+
+    class Runner:
+        def _held(self) -> None:
+            with pytest.raises(TryAgainLater):
+                with lock.locked(path, "probe", timeout=0):
+                    pass
+
+        def listing(self, family):
+            self._held()
+            return _full_listing("net1", ("198.18.0.2", "t1")) if family == "inet" else BRIDGE_LISTING
+
+        def run(self, argv, script="", what=""):
+            self._held()
+            scripts.append(script)
+            return ""
+
+    backend = plugin.NftFirewall(Runner(), lock_path=path)  # type: ignore[arg-type]
+    backend.add(conf(), "t1", plugin.Target((A4,), "", ""))
+    backend.remove(conf(), "t1")
+    assert "add element" in scripts[0] and "delete chain" in scripts[1]
+    with lock.locked(path, "test", timeout=0):
+        pass  # released
+
+
 # --- iptables -------------------------------------------------------------------------------------------
 
 

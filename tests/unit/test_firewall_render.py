@@ -1,15 +1,17 @@
-"""Pure nftables rendering and the in-memory fake (no root, no nft)."""
+"""Pure nftables rendering, the in-memory fake, and the masquerade lock (no root, no nft)."""
 
 from __future__ import annotations
 
 import ipaddress
+import os
 
 import pytest
 
-from cni_plugin.firewall import render
+from cni_plugin.firewall import lock, render
 from cni_plugin.firewall.backend import MasqEntry
 from cni_plugin.firewall.fake import FakeMasquerade
-from cni_plugin.spec.errors import FirewallFailure
+from cni_plugin.firewall.nftables import NftMasquerade
+from cni_plugin.spec.errors import FirewallFailure, TryAgainLater
 
 A4 = ipaddress.ip_interface("198.18.5.7/24")
 A6 = ipaddress.ip_interface("fd5c:11a0::7/64")
@@ -118,3 +120,141 @@ def test_spoofcheck_parse_and_delete_round_trip():
         'delete element bridge pycni spoof_ports { "vethA" }',
         'delete element bridge pycni spoof_allowed { "vethA" . 0a:58:00:00:00:01 }',
     ]
+
+
+# --- the network's last element takes its chain and sets along -------------------------------------------
+
+
+def _masq_listing(network: str, *elems: tuple[str, str], skeleton: bool = True) -> dict:
+    """What `nft -j list table inet pycni` prints for `network` (plus another network and portmap)."""
+    s, other = render.set_names(network), render.set_names("other")
+    items: list[dict] = [{"metainfo": {"version": "1.0.6"}}, {"table": {"family": "inet", "name": "pycni"}}]
+    if skeleton:
+        pods = [{"elem": {"val": ip, "comment": tag}} for ip, tag in elems if ":" not in ip]
+        items += [
+            {"set": {"name": s["pods4"], "type": "ipv4_addr", **({"elem": pods} if pods else {})}},
+            {"set": {"name": s["pods6"], "type": "ipv6_addr"}},
+            {"set": {"name": s["nets4"], "type": "ipv4_addr", "elem": [{"prefix": {"addr": "198.18.5.0", "len": 24}}]}},
+            {"set": {"name": s["nets6"], "type": "ipv6_addr"}},
+            {"chain": {"name": render.chain_name(network), "hook": "postrouting"}},
+            {"rule": {"chain": render.chain_name(network), "expr": []}},
+        ]
+    items += [
+        {"set": {"name": other["pods4"], "elem": [{"elem": {"val": "10.9.0.2", "comment": "o"}}]}},
+        {"chain": {"name": render.chain_name("other")}},
+        {"map": {"name": "hostports4"}},
+        {"chain": {"name": "hostports_masq"}},
+    ]
+    return {"nftables": items}
+
+
+def test_removal_of_one_of_two_pods_keeps_the_skeleton():
+    n = render.network_id("n")
+    listing = _masq_listing("n", ("198.18.5.7", "t1"), ("198.18.5.8", "t2"))
+    plan = render.plan_removal("n", listing, lambda tag: tag == "t1")
+    assert plan.removed == (MasqEntry(A4.ip, "t1"),) and not plan.teardown
+    assert plan.script.splitlines() == [f"delete element inet pycni pods4_{n} {{ 198.18.5.7 }}"]
+
+
+def test_removal_of_the_last_pod_deletes_chain_and_sets_in_one_transaction():
+    n = render.network_id("n")
+    plan = render.plan_removal("n", _masq_listing("n", ("198.18.5.7", "t1")), lambda tag: tag == "t1")
+    assert plan.removed == (MasqEntry(A4.ip, "t1"),) and plan.teardown
+    assert plan.script.splitlines() == [
+        f"flush chain inet pycni masq_{n}",
+        f"delete chain inet pycni masq_{n}",  # its rules held the sets: gone first
+        f"delete set inet pycni pods4_{n}",
+        f"delete set inet pycni pods6_{n}",
+        f"delete set inet pycni nets4_{n}",
+        f"delete set inet pycni nets6_{n}",
+    ]
+    # Other networks, portmap's objects and the table itself are never named.
+    other = render.network_id("other")
+    assert other not in plan.script and "hostports" not in plan.script and "table" not in plan.script
+
+
+def test_gc_keeping_nobody_is_a_teardown_and_an_empty_skeleton_goes_on_any_removal():
+    listing = _masq_listing("n", ("198.18.5.7", "t1"), ("198.18.5.8", "t2"))
+    assert render.plan_removal("n", listing, lambda tag: tag not in {"t9"}).teardown
+    # A skeleton without elements (left by an older pycni): the next DEL of the network removes it.
+    plan = render.plan_removal("n", _masq_listing("n"), lambda tag: tag == "t1")
+    assert plan.teardown and plan.removed == () and "delete chain" in plan.script
+
+
+def test_removal_names_only_objects_that_exist():
+    # Nothing of the network in the table (or no table at all): nothing to do, repeated DEL is a no-op.
+    assert render.plan_removal("n", _masq_listing("n", skeleton=False), lambda tag: True).script == ""
+    assert render.plan_removal("n", {}, lambda tag: True) == render.RemovalPlan((), False, "")
+    # A partial skeleton: only what is there is deleted (a delete of a missing object fails nft -f).
+    listing = _masq_listing("n")
+    listing["nftables"] = [i for i in listing["nftables"] if "chain" not in i and "rule" not in i]
+    plan = render.plan_removal("n", listing, lambda tag: True)
+    assert plan.teardown and "chain" not in plan.script and plan.script.count("delete set") == 4
+
+
+def test_objects_lists_chains_sets_and_maps():
+    chains, sets = render.objects(_masq_listing("n"))
+    assert render.chain_name("n") in chains and "hostports_masq" in chains
+    assert set(render.set_names("n").values()) <= sets and "hostports4" in sets
+    assert render.objects({}) == (set(), set())
+
+
+class RecordingRunner:
+    """An NftRunner stand-in that serves a listing, records scripts, and can fail a teardown.
+    Every call asserts that the masquerade lock is held by someone (this test)."""
+
+    def __init__(self, listing: dict, lock_path: str, fail_teardown: bool = False) -> None:
+        self.listing_json, self.lock_path, self.fail_teardown = listing, lock_path, fail_teardown
+        self.scripts: list[str] = []
+
+    def _assert_locked(self) -> None:
+        with pytest.raises(TryAgainLater):
+            with lock.locked(self.lock_path, "probe", timeout=0):
+                pass
+
+    def listing(self, family: str) -> dict:
+        self._assert_locked()
+        return self.listing_json
+
+    def run(self, argv: list[str], script: str = "", what: str = "") -> str:
+        self._assert_locked()
+        self.scripts.append(script)
+        if self.fail_teardown and "delete set" in script:
+            raise FirewallFailure(f"nftables: {what} failed", "Could not process rule: Device or resource busy")
+        return ""
+
+
+def test_masquerade_add_and_remove_list_and_apply_under_the_lock(tmp_path):
+    path = str(tmp_path / "masquerade.lock")
+    runner = RecordingRunner(_masq_listing("n", ("198.18.5.7", "t1")), path)
+    masq = NftMasquerade(lock_path=path, runner=runner)  # type: ignore[arg-type]
+    masq.add("n", "t1", [A4])
+    assert masq.remove("n", "t1") == [MasqEntry(A4.ip, "t1")]
+    assert "add element" in runner.scripts[0] and "delete chain" in runner.scripts[1]
+    with lock.locked(path, "test", timeout=0):
+        pass  # released
+
+
+def test_a_refused_teardown_still_removes_the_attachments_elements(tmp_path, capsys):
+    path = str(tmp_path / "masquerade.lock")
+    runner = RecordingRunner(_masq_listing("n", ("198.18.5.7", "t1")), path, fail_teardown=True)
+    masq = NftMasquerade(lock_path=path, runner=runner)  # type: ignore[arg-type]
+    assert masq.gc("n", keep=set()) == [MasqEntry(A4.ip, "t1")]
+    assert runner.scripts[1] == render.render_delete("n", [MasqEntry(A4.ip, "t1")])
+    assert "chain and sets stay" in capsys.readouterr().err
+
+
+def test_a_busy_lock_is_try_again_later_and_released_on_error(tmp_path):
+    path = str(tmp_path / "sub" / "x.lock")
+    with lock.locked(path, "masquerade"):
+        with pytest.raises(TryAgainLater) as busy:
+            with lock.locked(path, "masquerade", timeout=0.05):
+                pass
+    assert busy.value.code == 11 and "masquerade lock" in busy.value.msg
+    with pytest.raises(RuntimeError):
+        with lock.locked(path, "masquerade", timeout=0):
+            raise RuntimeError("boom")
+    with lock.locked(path, "masquerade", timeout=0):
+        pass  # the failed holder let go
+    assert oct(os.stat(path).st_mode & 0o777) == "0o600"
+    assert lock.lock_path("masquerade") == "/run/pycni/masquerade.lock"
