@@ -43,6 +43,8 @@ from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
+
 from cni_plugin.firewall.render import attachment_tag
 from tests.conftest import GO_PLUGINS, Netns, free_subnet
 
@@ -418,3 +420,26 @@ def podman_world(base: Path, pycni_bin: Path) -> Iterator[PodmanWorld]:
         _remove_cgroup(world.cgroup_parent)
         subprocess.run(["ip", "netns", "del", world.host.name], check=False, capture_output=True)
         shutil.rmtree(base, ignore_errors=True)
+
+
+def world_fixtures(tag: str):
+    """The fixtures of a podman/buildah test module, as `world, pm = world_fixtures("podman")`:
+    `world`, one private world per module (its tmp dir named after `tag`), and the per-test one
+    (named by the assignment) that removes every container, builder and network the test made,
+    also when it fails."""
+
+    @pytest.fixture(scope="module")
+    def world(tmp_path_factory, installed_bin) -> Iterator[PodmanWorld]:
+        """The module's private podman/buildah world (see podman_world)."""
+        with podman_world(tmp_path_factory.mktemp(tag), installed_bin) as made:
+            yield made
+
+    @pytest.fixture
+    def per_test(world: PodmanWorld) -> Iterator[PodmanWorld]:
+        """The module's world; every container, builder and network of the test is removed after it."""
+        try:
+            yield world
+        finally:
+            world.cleanup_test()
+
+    return world, per_test

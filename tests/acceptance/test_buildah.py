@@ -15,26 +15,13 @@ import ipaddress
 import re
 from pathlib import Path
 
-import pytest
-
 from tests.acceptance.conftest import chain_types
-from tests.acceptance.podman_support import IMAGE, PodmanWorld, podman_world, unique
+from tests.acceptance.podman_support import IMAGE, PodmanWorld, unique, world_fixtures
 
 RUN_NETNS = Path("/run/netns")
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, installed_bin):
-    with podman_world(tmp_path_factory.mktemp("buildah"), installed_bin) as made:
-        yield made
-
-
-@pytest.fixture
-def bw(world: PodmanWorld):
-    try:
-        yield world
-    finally:
-        world.cleanup_test()
+world, bw = world_fixtures("buildah")  # the module's world; `bw` cleans up after each test
 
 
 def runtime_netns() -> set[str]:

@@ -19,29 +19,15 @@ import random
 import re
 from pathlib import Path
 
-import pytest
-
 from cni_plugin.firewall.render import network_id
 from tests.acceptance.conftest import chain_types
-from tests.acceptance.podman_support import INDEX_HTML, PodmanWorld, podman_world, unique
+from tests.acceptance.podman_support import INDEX_HTML, PodmanWorld, unique, world_fixtures
 from tests.conftest import GO_PLUGINS, free_subnet
 
 PODMAN_CHAIN = ["bridge", "portmap", "firewall", "tuning"]
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory, installed_bin):
-    with podman_world(tmp_path_factory.mktemp("podman"), installed_bin) as made:
-        yield made
-
-
-@pytest.fixture
-def pm(world: PodmanWorld):
-    """The module's podman; every container, builder and network of the test is removed after it."""
-    try:
-        yield world
-    finally:
-        world.cleanup_test()
+world, pm = world_fixtures("podman")  # the module's world; `pm` cleans up after each test
 
 
 def test_network_create_writes_conflist_with_pycni_bridge(pm: PodmanWorld, plugin_origins, installed_bin: Path):

@@ -13,11 +13,14 @@ import os
 import socket
 import subprocess
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from cni_plugin import entry, netns
 from cni_plugin.spec import skel
+from tests.conftest import bare_env, run_plugin
 
 GO = Path("/usr/lib/cni")
 VERSIONS = ["0.3.1", "0.4.0", "1.0.0", "1.1.0"]
@@ -47,8 +50,13 @@ def env_for(verb: str, cid: str, pod_path: str, ifname: str = "eth0", path: str 
     return env
 
 
-def run_inproc(host, verb: str, conf: dict, cid: str, pod_path: str, ifname: str = "eth0", **env: str):
-    """Dispatch the bridge plugin in-process, in a thread that sits in the fake node namespace."""
+def run_inproc(
+    host, verb: str, conf: dict, cid: str, pod_path: str, ifname: str = "eth0", *, plugin: str = "bridge", **env: str
+):
+    """Dispatch `plugin` (a PLUGINS name) in-process, in a thread that sits in the fake node namespace.
+
+    `env` adds or overrides variables (CNI_PATH defaults to the Go reference directory). Returns
+    (exit code, parsed stdout or None, stderr)."""
     out, err = io.StringIO(), io.StringIO()
     box: dict[str, Any] = {}
 
@@ -56,7 +64,7 @@ def run_inproc(host, verb: str, conf: dict, cid: str, pod_path: str, ifname: str
         try:
             with netns.entered(host.path):
                 box["rc"] = skel.dispatch(
-                    entry.PLUGINS["bridge"], env_for(verb, cid, pod_path, ifname, **env),
+                    entry.PLUGINS[plugin], env_for(verb, cid, pod_path, ifname, **env),
                     io.BytesIO(json.dumps(conf).encode()), out, err,
                 )
         except BaseException as exc:  # noqa: BLE001 - re-raised in the caller's thread below
@@ -69,6 +77,46 @@ def run_inproc(host, verb: str, conf: dict, cid: str, pod_path: str, ifname: str
         raise box["exc"]
     text = out.getvalue()
     return box["rc"], (json.loads(text) if text.strip() else None), err.getvalue()
+
+
+def run_conflist(
+    host, plugins: list[dict], verb: str, common: dict, *, network: str, version: str,
+    exe_for: Callable[[str], Path], cached: dict | None = None,
+) -> dict | None:
+    """Run `plugins` (one conflist's entries, without name/cniVersion) as libcni does in
+    AddNetworkList / CheckNetworkList / DelNetworkList: ADD in order, each getting the previous
+    plugin's result as prevResult; CHECK in order and DEL in reverse, each with `cached` (the
+    list's ADD result). Every plugin gets the list's `network` name and `version`; `exe_for(type)`
+    gives its executable; `common` is the CNI_* environment. Asserts that each call succeeds and
+    returns the last ADD result (`cached` for CHECK and DEL)."""
+    prev = cached
+    for plugin in (list(reversed(plugins)) if verb == "DEL" else plugins):
+        conf = dict(plugin, cniVersion=version, name=network)
+        if prev is not None:
+            conf["prevResult"] = prev
+        rc, out, err = run_plugin(exe_for(plugin["type"]), bare_env(CNI_COMMAND=verb, **common), conf, netns=host)
+        assert rc == 0, (verb, plugin["type"], out, err)
+        if verb == "ADD":
+            prev = out
+    return prev
+
+
+def installed_or_go(installed_bin: Path) -> Callable[[str], Path]:
+    """`exe_for` for run_conflist: pycni-* types from the installed directory, others from /usr/lib/cni."""
+    return lambda kind: installed_bin / kind if kind.startswith("pycni-") else GO / kind
+
+
+class LockPollClock:
+    """Stands in for cni_plugin/firewall/lock.py's `time`; `waiting` is set once someone polls for the lock."""
+
+    monotonic = staticmethod(time.monotonic)
+
+    def __init__(self) -> None:
+        self.waiting = threading.Event()
+
+    def sleep(self, seconds: float) -> None:
+        self.waiting.set()
+        time.sleep(seconds)
 
 
 def links(ns) -> dict[str, dict]:

@@ -7,7 +7,6 @@ use a plain veth pair as the "previous plugin", which is all bandwidth needs.
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -15,24 +14,25 @@ import struct
 import subprocess
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from cni_plugin import entry, netns
+from cni_plugin import netns
 from cni_plugin.bandwidth import ifb_name
 from cni_plugin.firewall import attachment_tag
 from cni_plugin.netlink import tc
-from cni_plugin.spec import skel
 from cni_plugin.spec.errors import NetlinkFailure
 from tests.conftest import GO_PLUGINS, bare_env, free_subnet, run_plugin
+
+from .bridge_support import installed_or_go, run_conflist, run_inproc
 
 pytestmark = pytest.mark.integration
 
 VERSION = "1.0.0"  # the Go reference plugins stop at 1.0.0
 MBIT = 1_000_000
 BURST = 8 * 20_000  # bits: 20 kB, room for a dozen full-size frames
+CHAIN = {"network": "bwchain", "version": VERSION}  # run_conflist's network name and cniVersion
 SHAPED = {"ingressRate": 4 * MBIT, "ingressBurst": BURST, "egressRate": 1 * MBIT, "egressBurst": BURST}
 
 
@@ -68,44 +68,6 @@ def run_bw(installed_bin, host, verb: str, conf: dict, cid: str, pod_path: str, 
     env = bare_env(CNI_COMMAND=verb, CNI_CONTAINERID=cid, CNI_NETNS=pod_path, CNI_IFNAME=ifname,
                    CNI_PATH=str(GO_PLUGINS))
     return run_plugin(installed_bin / "pycni-bandwidth", env, conf, netns=host)
-
-
-def run_inproc(host, verb: str, conf: dict, cid: str, pod_path: str) -> tuple[int, dict | None]:
-    """The bandwidth plugin dispatched in-process (for fault injection), in the fake node namespace."""
-    out, err = io.StringIO(), io.StringIO()
-    box: dict[str, Any] = {}
-    env = {"CNI_COMMAND": verb, "CNI_CONTAINERID": cid, "CNI_NETNS": pod_path, "CNI_IFNAME": "eth0",
-           "CNI_PATH": str(GO_PLUGINS)}
-
-    def go() -> None:
-        try:
-            with netns.entered(host.path):
-                box["rc"] = skel.dispatch(entry.PLUGINS["bandwidth"], env, io.BytesIO(json.dumps(conf).encode()),
-                                          out, err)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
-            box["exc"] = exc
-
-    thread = threading.Thread(target=go)
-    thread.start()
-    thread.join()
-    if "exc" in box:
-        raise box["exc"]
-    text = out.getvalue()
-    return box["rc"], (json.loads(text) if text.strip() else None)
-
-
-def run_list(plugins: list[dict], bin_for, verb: str, common: dict, host, cached=None):
-    """libcni AddNetworkList / CheckNetworkList / DelNetworkList."""
-    prev = cached
-    for plugin in (list(reversed(plugins)) if verb == "DEL" else plugins):
-        conf = dict(plugin, cniVersion=VERSION, name=plugin.get("name", "bwchain"))
-        if prev is not None:
-            conf["prevResult"] = prev
-        rc, out, err = run_plugin(bin_for(plugin["type"]), bare_env(CNI_COMMAND=verb, **common), conf, netns=host)
-        assert rc == 0, (verb, plugin["type"], out, err)
-        if verb == "ADD":
-            prev = out
-    return prev
 
 
 def throughput(src, dst, dst_ip: str, seconds: float = 1.0) -> float:
@@ -169,16 +131,14 @@ def test_shaped_pod_is_slower_in_both_directions(installed_bin, netns_factory, h
     bridge = {"type": "pycni-bridge", "bridge": f"cbw{os.urandom(3).hex()}", "isGateway": True,
               "ipam": {"type": "host-local", "dataDir": str(tmp_path), "ranges": [[{"subnet": str(subnet)}]]}}
 
-    def bin_for(kind: str) -> Path:
-        return installed_bin / kind
-
+    bin_for = installed_or_go(installed_bin)
     pods, results, chains, commons = {}, {}, {}, {}
     for key, shaping in (("shaped", SHAPED), ("plain", {})):
         pods[key] = netns_factory("pycni-bwpod")
         chains[key] = [bridge, {"type": "pycni-bandwidth", **shaping}]
         commons[key] = dict(CNI_CONTAINERID=f"bw-{key}", CNI_NETNS=pods[key].path, CNI_IFNAME="eth0",
                             CNI_PATH=str(GO_PLUGINS))
-        results[key] = run_list(chains[key], bin_for, "ADD", commons[key], host_netns)
+        results[key] = run_conflist(host_netns, chains[key], "ADD", commons[key], exe_for=bin_for, **CHAIN)
     pod_ip = {k: r["ips"][0]["address"].split("/")[0] for k, r in results.items()}
     host_veth = results["shaped"]["interfaces"][1]["name"]
     ifb = ifb_name("bw-shaped", "eth0")
@@ -201,9 +161,9 @@ def test_shaped_pod_is_slower_in_both_directions(installed_bin, netns_factory, h
     assert out_of["shaped"] < out_of["plain"] / 2
 
     for key in pods:
-        run_list(chains[key], bin_for, "CHECK", commons[key], host_netns, cached=results[key])
-        run_list(chains[key], bin_for, "DEL", commons[key], host_netns, cached=results[key])
-        run_list(chains[key], bin_for, "DEL", commons[key], host_netns, cached=results[key])
+        run_conflist(host_netns, chains[key], "CHECK", commons[key], exe_for=bin_for, cached=results[key], **CHAIN)
+        run_conflist(host_netns, chains[key], "DEL", commons[key], exe_for=bin_for, cached=results[key], **CHAIN)
+        run_conflist(host_netns, chains[key], "DEL", commons[key], exe_for=bin_for, cached=results[key], **CHAIN)
     assert ifbs(host_netns) == {}
     assert [n for n in host_netns.ip_json("link", "show") if n["ifname"].startswith("veth")] == []
 
@@ -279,7 +239,7 @@ def test_del_without_prev_result_and_with_vanished_netns(installed_bin, netns_fa
 def test_del_leaves_an_ifb_it_did_not_make(host_netns, pod_netns):
     name = ifb_name("c4", "eth0")
     host_netns.run("ip", "link", "add", name, "type", "ifb")  # same name, no pycni alias
-    assert run_inproc(host_netns, "DEL", bw_conf(None), "c4", pod_netns.path)[0] == 0
+    assert run_inproc(host_netns, "DEL", bw_conf(None), "c4", pod_netns.path, plugin="bandwidth")[0] == 0
     assert name in ifbs(host_netns)
 
 
@@ -319,7 +279,7 @@ def test_status(installed_bin, host_netns):
 def test_failed_add_leaves_nothing(step, mocker, host_netns, pod_netns):
     prev = veth_pod(host_netns, pod_netns, "hvbw5")
     mocker.patch.object(tc.TrafficControl, step, side_effect=NetlinkFailure("injected fault"))
-    rc, out = run_inproc(host_netns, "ADD", bw_conf(prev, **SHAPED), "c5", pod_netns.path)
+    rc, out, _ = run_inproc(host_netns, "ADD", bw_conf(prev, **SHAPED), "c5", pod_netns.path, plugin="bandwidth")
     assert rc == 1 and out["code"] == 103 and "injected" in out["msg"]
     assert ifbs(host_netns) == {}
     qdisc = tc_show(host_netns, "qdisc", "show", "dev", "hvbw5")
@@ -339,7 +299,7 @@ def test_failed_add_leaves_nothing(step, mocker, host_netns, pod_netns):
 )
 def test_bad_config_is_refused_and_leaves_nothing(keys, code, word, host_netns, pod_netns):
     prev = veth_pod(host_netns, pod_netns, "hvbw6")
-    rc, out = run_inproc(host_netns, "ADD", bw_conf(prev, **keys), "c6", pod_netns.path)
+    rc, out, _ = run_inproc(host_netns, "ADD", bw_conf(prev, **keys), "c6", pod_netns.path, plugin="bandwidth")
     assert rc == 1 and out["code"] == code and word in json.dumps(out), out
     assert ifbs(host_netns) == {}
     assert "tbf" not in tc_show(host_netns, "qdisc", "show", "dev", "hvbw6")
@@ -353,7 +313,7 @@ def test_add_without_prev_result_is_code_7(installed_bin, host_netns, pod_netns)
 def test_a_root_qdisc_somebody_else_set_is_not_clobbered(host_netns, pod_netns):
     prev = veth_pod(host_netns, pod_netns, "hvbw8")
     host_netns.run("tc", "qdisc", "add", "dev", "hvbw8", "root", "handle", "5:", "htb")
-    rc, out = run_inproc(host_netns, "ADD", bw_conf(prev, **SHAPED), "c8", pod_netns.path)
+    rc, out, _ = run_inproc(host_netns, "ADD", bw_conf(prev, **SHAPED), "c8", pod_netns.path, plugin="bandwidth")
     assert rc == 1 and out["code"] == 103 and "htb" in out["details"], out
     assert "htb" in tc_show(host_netns, "qdisc", "show", "dev", "hvbw8")
     assert ifbs(host_netns) == {}
@@ -370,18 +330,16 @@ def test_chained_after_go_bridge(installed_bin, host_netns, pod_netns, tmp_path)
         {"type": "pycni-bandwidth", **SHAPED},
     ]
 
-    def bin_for(kind: str) -> Path:
-        return installed_bin / kind if kind.startswith("pycni-") else GO_PLUGINS / kind
-
+    bin_for = installed_or_go(installed_bin)
     common = dict(CNI_CONTAINERID="gobw1", CNI_NETNS=pod_netns.path, CNI_IFNAME="eth0", CNI_PATH=str(GO_PLUGINS))
-    result = run_list(plugins, bin_for, "ADD", common, host_netns)
+    result = run_conflist(host_netns, plugins, "ADD", common, exe_for=bin_for, **CHAIN)
     host_veth = next(i["name"] for i in result["interfaces"] if i["name"].startswith("veth"))
     assert "rate 4Mbit" in tc_show(host_netns, "qdisc", "show", "dev", host_veth)
     ifb = ifb_name("gobw1", "eth0")
     assert f"Egress Redirect to device {ifb}" in tc_show(host_netns, "filter", "show", "dev", host_veth, "ingress")
-    run_list(plugins, bin_for, "CHECK", common, host_netns, cached=result)
-    run_list(plugins, bin_for, "DEL", common, host_netns, cached=result)
-    run_list(plugins, bin_for, "DEL", common, host_netns, cached=result)
+    run_conflist(host_netns, plugins, "CHECK", common, exe_for=bin_for, cached=result, **CHAIN)
+    run_conflist(host_netns, plugins, "DEL", common, exe_for=bin_for, cached=result, **CHAIN)
+    run_conflist(host_netns, plugins, "DEL", common, exe_for=bin_for, cached=result, **CHAIN)
     assert ifbs(host_netns) == {}
 
 

@@ -8,32 +8,27 @@ and the Go reference bridge delegating to pycni's host-local (when ipam has land
 from __future__ import annotations
 
 import importlib.util
-from pathlib import Path
 
 import pytest
 
 from tests.conftest import bare_env, free_subnet, run_plugin
 
-from .bridge_support import GO, ip_files, links, masq_elements, ping, pod_addresses, veths
+from .bridge_support import (
+    GO,
+    installed_or_go,
+    ip_files,
+    links,
+    masq_elements,
+    ping,
+    pod_addresses,
+    run_conflist,
+    veths,
+)
 
 pytestmark = pytest.mark.integration
 
 VERSION = "1.0.0"  # the Go reference meta plugins stop at 1.0.0
-
-
-def _run_list(plugins, bin_for, verb, common, host, cached=None):
-    """libcni AddNetworkList/CheckNetworkList/DelNetworkList over `plugins`."""
-    order = list(reversed(plugins)) if verb == "DEL" else plugins
-    prev = cached
-    for plugin in order:
-        conf = dict(plugin, cniVersion=VERSION, name="chain")
-        if prev is not None:
-            conf["prevResult"] = prev
-        rc, out, err = run_plugin(bin_for(plugin["type"]), bare_env(CNI_COMMAND=verb, **common), conf, netns=host)
-        assert rc == 0, (verb, plugin["type"], out, err)
-        if verb == "ADD":
-            prev = out
-    return prev
+CHAIN = {"network": "chain", "version": VERSION}  # run_conflist's network name and cniVersion
 
 
 def test_pycni_bridge_then_go_portmap_tuning_bandwidth(installed_bin, host_netns, pod_netns, tmp_path):
@@ -48,11 +43,9 @@ def test_pycni_bridge_then_go_portmap_tuning_bandwidth(installed_bin, host_netns
          "egressRate": 8000000, "egressBurst": 80000},
     ]
 
-    def bin_for(kind: str) -> Path:
-        return installed_bin / kind if kind.startswith("pycni-") else GO / kind
-
+    bin_for = installed_or_go(installed_bin)
     common = dict(CNI_CONTAINERID="chain1", CNI_NETNS=pod_netns.path, CNI_IFNAME="eth0", CNI_PATH=str(GO))
-    result = _run_list(plugins, bin_for, "ADD", common, host_netns)
+    result = run_conflist(host_netns, plugins, "ADD", common, exe_for=bin_for, **CHAIN)
     assert [i["name"] for i in result["interfaces"]][0] == "cni-chain"
     assert result["ips"][0]["interface"] == 2
     host_veth = result["interfaces"][1]["name"]
@@ -64,9 +57,10 @@ def test_pycni_bridge_then_go_portmap_tuning_bandwidth(installed_bin, host_netns
 
     # Go portmap's own CHECK fails on a v4-only pod ("could not check ipv6 dnat: chain ... not
     # found"), with its iptables and nftables backends alike: a reference bug, so it sits out CHECK.
-    _run_list([p for p in plugins if p["type"] != "portmap"], bin_for, "CHECK", common, host_netns, cached=result)
-    _run_list(plugins, bin_for, "DEL", common, host_netns, cached=result)
-    _run_list(plugins, bin_for, "DEL", common, host_netns, cached=result)  # a repeated DEL of the list
+    run_conflist(host_netns, [p for p in plugins if p["type"] != "portmap"], "CHECK", common, exe_for=bin_for,
+                 cached=result, **CHAIN)
+    run_conflist(host_netns, plugins, "DEL", common, exe_for=bin_for, cached=result, **CHAIN)
+    run_conflist(host_netns, plugins, "DEL", common, exe_for=bin_for, cached=result, **CHAIN)  # a repeated DEL
     assert veths(host_netns) == []
     assert not [n for n in links(host_netns) if n.startswith("bwp")], "bandwidth's ifb is gone"
     assert ip_files(tmp_path, "chain") == []

@@ -10,7 +10,6 @@ import ipaddress
 import os
 import subprocess
 import threading
-import time
 import uuid
 
 import pytest
@@ -23,6 +22,7 @@ from tests.conftest import bare_env, free_subnet, run_plugin
 from .bridge_support import (
     GO,
     VERSIONS,
+    LockPollClock,
     Outside,
     bridge_conf,
     ip_files,
@@ -346,17 +346,9 @@ def test_add_racing_the_last_del_keeps_its_entries(host_netns, tmp_path, mocker)
     a, b = (ipaddress.ip_interface(f"{subnet.network_address + i}/24") for i in (2, 3))
     masq = NftMasquerade(lock_path=lock_path)
 
-    waiting = threading.Event()
-
-    class Clock:  # lock.py's time, noting when someone polls for the lock
-        monotonic = staticmethod(time.monotonic)
-
-        @staticmethod
-        def sleep(seconds: float) -> None:
-            waiting.set()
-            time.sleep(seconds)
-
-    mocker.patch.object(lock, "time", Clock)
+    clock = LockPollClock()  # lock.py's time, noting when someone polls for the lock
+    waiting = clock.waiting
+    mocker.patch.object(lock, "time", clock)
     racer: list[threading.Thread] = []
     real_listing = NftRunner.listing
 

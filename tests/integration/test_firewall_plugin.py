@@ -6,48 +6,22 @@ an ADD races it); chained after the Go reference bridge."""
 
 from __future__ import annotations
 
-import io
 import json
 import subprocess
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from cni_plugin import entry, netns
+from cni_plugin import netns
 from cni_plugin.firewall import policy_render as pr
 from cni_plugin.firewall.render import attachment_tag, network_id
-from cni_plugin.spec import skel
 from tests.conftest import bare_env, free_subnet, run_plugin
 
-from .bridge_support import GO, Outside, ip_files
+from .bridge_support import GO, LockPollClock, Outside, ip_files, run_inproc
 
 pytestmark = pytest.mark.integration
-
-
-def run_in(host, plugin: str, verb: str, conf: dict, cid: str, pod_path: str, ifname: str = "eth0"):
-    """Dispatch `plugin` in-process on a thread that sits in the fake node namespace."""
-    out, err = io.StringIO(), io.StringIO()
-    env = {"CNI_COMMAND": verb, "CNI_CONTAINERID": cid, "CNI_NETNS": pod_path, "CNI_IFNAME": ifname,
-           "CNI_PATH": str(GO), "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-    box: dict = {}
-
-    def go() -> None:
-        try:
-            with netns.entered(host.path):
-                box["rc"] = skel.dispatch(entry.PLUGINS[plugin], env, io.BytesIO(json.dumps(conf).encode()), out, err)
-        except BaseException as exc:  # noqa: BLE001 - re-raised below
-            box["exc"] = exc
-
-    thread = threading.Thread(target=go)
-    thread.start()
-    thread.join()
-    if "exc" in box:
-        raise box["exc"]
-    text = out.getvalue()
-    return box["rc"], (json.loads(text) if text.strip() else None), err.getvalue()
 
 
 @dataclass
@@ -78,20 +52,22 @@ class Network:
 class Pod:
     def __init__(self, host, net: Network, ns, cid: str) -> None:
         self.host, self.net, self.ns, self.cid = host, net, ns, cid
-        rc, bridge_result, err = run_in(host, "bridge", "ADD", net.bridge_conf(), cid, ns.path)
+        rc, bridge_result, err = run_inproc(host, "ADD", net.bridge_conf(), cid, ns.path, plugin="bridge")
         assert rc == 0, (bridge_result, err)
-        rc, self.result, err = run_in(host, "firewall", "ADD", net.fw_conf(bridge_result), cid, ns.path)
+        rc, self.result, err = run_inproc(host, "ADD", net.fw_conf(bridge_result), cid, ns.path, plugin="firewall")
         assert rc == 0, (self.result, err)
         assert self.result == bridge_result  # passed through unchanged
         self.ip = self.result["ips"][0]["address"].split("/")[0]
 
     def check(self) -> None:
-        rc, out, err = run_in(self.host, "firewall", "CHECK", self.net.fw_conf(self.result), self.cid, self.ns.path)
+        rc, out, err = run_inproc(self.host, "CHECK", self.net.fw_conf(self.result), self.cid, self.ns.path,
+                                  plugin="firewall")
         assert rc == 0, (out, err)
 
     def delete(self) -> None:
         for plugin, conf in (("firewall", self.net.fw_conf(self.result)), ("bridge", self.net.bridge_conf())):
-            rc, out, err = run_in(self.host, plugin, "DEL", dict(conf, prevResult=self.result), self.cid, self.ns.path)
+            rc, out, err = run_inproc(self.host, "DEL", dict(conf, prevResult=self.result), self.cid, self.ns.path,
+                                      plugin=plugin)
             assert rc == 0, (plugin, out, err)
 
 
@@ -228,15 +204,15 @@ def test_del_without_prev_result_or_netns_and_gc(netns_factory, host_netns, tmp_
     # DEL with the pod's namespace gone and no prevResult: still removes exactly its entries.
     gone = pods[0]
     subprocess.run(["ip", "netns", "del", gone.ns.name], check=True)
-    rc, out, err = run_in(host_netns, "firewall", "DEL", net.fw_conf(), gone.cid, gone.ns.path)
+    rc, out, err = run_inproc(host_netns, "DEL", net.fw_conf(), gone.cid, gone.ns.path, plugin="firewall")
     assert (rc, out) == (0, None), err
-    rc, out, err = run_in(host_netns, "firewall", "DEL", net.fw_conf(), gone.cid, "")
+    rc, out, err = run_inproc(host_netns, "DEL", net.fw_conf(), gone.cid, "", plugin="firewall")
     assert (rc, out) == (0, None), err
     assert {t for _, t in fw_state(host_netns, net.name)[net.name]} == {tags["gc1"], tags["gc2"]}
 
     # GC: gc2 is an orphan (its DEL never came).
     gc_conf = dict(net.fw_conf(), **{"cni.dev/valid-attachments": [{"containerID": "gc1", "ifname": "eth0"}]})
-    rc, out, err = run_in(host_netns, "firewall", "GC", gc_conf, "", "")
+    rc, out, err = run_inproc(host_netns, "GC", gc_conf, "", "", plugin="firewall")
     assert (rc, out) == (0, None), err
     state = fw_state(host_netns, net.name)
     assert [t for _, t in state[net.name]] == [tags["gc1"]]
@@ -247,12 +223,12 @@ def test_del_without_prev_result_or_netns_and_gc(netns_factory, host_netns, tmp_
         p.delete()
     host_netns.run("ip", "link", "del", net.bridge)
     gc_all = dict(net.fw_conf(), **{"cni.dev/valid-attachments": []})
-    rc, out, err = run_in(host_netns, "firewall", "GC", gc_all, "", "")
+    rc, out, err = run_inproc(host_netns, "GC", gc_all, "", "", plugin="firewall")
     assert (rc, out) == (0, None), err
     listing = json.loads(host_netns.run("nft", "-j", "list", "table", "inet", "pycni").stdout)
     assert pr.parse_isolation(listing) == (set(), set())
 
-    rc, out, _ = run_in(host_netns, "firewall", "STATUS", net.fw_conf(), "", "")
+    rc, out, _ = run_inproc(host_netns, "STATUS", net.fw_conf(), "", "", plugin="firewall")
     assert (rc, out) == (0, None)
 
 
@@ -323,7 +299,7 @@ def test_last_del_and_gc_remove_the_networks_firewall_objects(netns_factory, hos
     third = Pod(host_netns, net, netns_factory("pycni-fl3"), "fl3")
     assert any(line.startswith(f"chain fw_{n}") for line in _fw_objects(host_netns, net.name))
     gc_all = dict(net.fw_conf(), **{"cni.dev/valid-attachments": []})
-    rc, out, err = run_in(host_netns, "firewall", "GC", gc_all, "", "")
+    rc, out, err = run_inproc(host_netns, "GC", gc_all, "", "", plugin="firewall")
     assert (rc, out) == (0, None), err
     assert _fw_objects(host_netns, net.name) == []
     third.delete()
@@ -340,15 +316,8 @@ def test_add_racing_the_last_del_keeps_its_firewall_entries(host_netns, tmp_path
     (subnet,) = subnets(1)
     a, b = (Target((subnet.network_address + i,), "", "") for i in (2, 3))
     backend = NftFirewall(lock_path=str(tmp_path / "firewall.lock"))
-    waiting = threading.Event()
-
-    class Clock:  # lock.py's time, noting when someone polls for the lock
-        monotonic = staticmethod(time.monotonic)
-
-        @staticmethod
-        def sleep(seconds: float) -> None:
-            waiting.set()
-            time.sleep(seconds)
+    clock = LockPollClock()  # lock.py's time, noting when someone polls for the lock
+    waiting = clock.waiting
 
     def in_host(fn, *args) -> threading.Thread:
         box: dict = {}
@@ -376,7 +345,7 @@ def test_add_racing_the_last_del_keeps_its_firewall_entries(host_netns, tmp_path
                 pass
         return found
 
-    mocker.patch.object(lock, "time", Clock)
+    mocker.patch.object(lock, "time", clock)
     first = in_host(backend.add, conf, "tag-a", a)
     first.join()
     mocker.patch.object(NftRunner, "listing", listing_then_race)

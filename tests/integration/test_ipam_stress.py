@@ -60,7 +60,9 @@ def finish(proc: subprocess.Popen) -> tuple[int, dict | None]:
 def test_64_concurrent_processes_on_a_nearly_full_24(installed_bin, tmp_path):
     exe = installed_bin / "pycni-host-local"
     subnet = free_subnet(4, 24)
-    config = conf(tmp_path, subnet)
+    # 64 interpreters start at once on a CI box of 2 cores: a contender can wait longer than the
+    # default 10 s for its turn at the lock. The lock timeout itself is tested in test_ipam_disk.
+    config = conf(tmp_path, subnet, lockTimeout=60)
     # Pre-fill: 253 allocatable (.2-.254, gateway .1 skipped); leave exactly 60 free for 64 contenders.
     d = tmp_path / NET
     d.mkdir()

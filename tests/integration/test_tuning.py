@@ -13,9 +13,9 @@ import pytest
 from cni_plugin import entry, netlink, tuning
 from cni_plugin.spec import skel
 from cni_plugin.spec.errors import NetlinkFailure
-from tests.conftest import bare_env, free_subnet, run_plugin
+from tests.conftest import free_subnet
 
-from .bridge_support import GO, ip_files, veths
+from .bridge_support import GO, installed_or_go, ip_files, run_conflist, veths
 
 pytestmark = pytest.mark.integration
 
@@ -35,20 +35,6 @@ def pod_state(pod, ifname: str = "eth0") -> dict:
             "promisc": "PROMISC" in link["flags"], "allmulti": "ALLMULTI" in link["flags"], **sysctls}
 
 
-def run_list(plugins, verb, common, host, version, cached=None):
-    """libcni's order: ADD/CHECK in list order with the (cached) result, DEL in reverse."""
-    prev = cached
-    for exe, plugin in (reversed(plugins) if verb == "DEL" else plugins):
-        conf = dict(plugin, cniVersion=version, name=plugin.get("name", "tun"))
-        if prev is not None:
-            conf["prevResult"] = prev
-        rc, out, err = run_plugin(exe, bare_env(CNI_COMMAND=verb, **common), conf, netns=host)
-        assert rc == 0, (verb, plugin["type"], out, err)
-        if verb == "ADD":
-            prev = out
-    return prev
-
-
 def tuning_conf(data_dir: Path, **extra) -> dict:
     return {"type": "pycni-tuning", "dataDir": str(data_dir), "sysctl": dict(SYSCTLS), "mac": NEW_MAC,
             "mtu": 1280, "promisc": True, "allmulti": True, "txQLen": 42, **extra}
@@ -61,14 +47,15 @@ def test_chained_after_pycni_bridge(installed_bin, host_netns, pod_netns, tmp_pa
     bridge = {"type": "pycni-bridge", "bridge": "cni-tun", "isGateway": True,
               "ipam": {"type": "pycni-host-local", "dataDir": str(tmp_path / "ipam"),
                        "ranges": [[{"subnet": str(subnet)}]]}}
-    plugins = [(installed_bin / "pycni-bridge", bridge), (installed_bin / "pycni-tuning", tuning_conf(state_dir))]
+    plugins = [bridge, tuning_conf(state_dir)]
+    chain = {"network": "tun", "version": version, "exe_for": installed_or_go(installed_bin)}
     common = dict(CNI_CONTAINERID="tun1", CNI_NETNS=pod_netns.path, CNI_IFNAME="eth0", CNI_PATH=str(installed_bin))
 
-    bridge_result = run_list(plugins[:1], "ADD", common, host_netns, version)
+    bridge_result = run_conflist(host_netns, plugins[:1], "ADD", common, **chain)
     before = pod_state(pod_netns)
     assert before["mac"] != NEW_MAC and before["mtu"] != 1280 and not before["promisc"] and not before["allmulti"]
 
-    result = run_list(plugins[1:], "ADD", common, host_netns, version, cached=bridge_result)
+    result = run_conflist(host_netns, plugins[1:], "ADD", common, cached=bridge_result, **chain)
     after = pod_state(pod_netns)
     assert after == {"mac": NEW_MAC, "mtu": 1280, "txqlen": 42, "promisc": True, "allmulti": True,
                      "ipv4/conf/eth0/arp_filter": "1", "ipv6/conf/eth0/accept_ra": "0", "core/somaxconn": "512"}
@@ -78,12 +65,12 @@ def test_chained_after_pycni_bridge(installed_bin, host_netns, pod_netns, tmp_pa
     assert result["ips"] == bridge_result["ips"] and result["interfaces"][:2] == bridge_result["interfaces"][:2]
     assert json.loads((state_dir / "tun1_eth0.json").read_text())["mac"] == before["mac"]
 
-    run_list(plugins, "CHECK", common, host_netns, version, cached=result)  # bridge CHECK sees the new MAC too
+    run_conflist(host_netns, plugins, "CHECK", common, cached=result, **chain)  # bridge CHECK sees the new MAC too
 
-    run_list(plugins[1:], "DEL", common, host_netns, version, cached=result)
+    run_conflist(host_netns, plugins[1:], "DEL", common, cached=result, **chain)
     assert pod_state(pod_netns) == before
     assert not (state_dir / "tun1_eth0.json").exists()
-    run_list(plugins, "DEL", common, host_netns, version, cached=result)  # the list again: idempotent
+    run_conflist(host_netns, plugins, "DEL", common, cached=result, **chain)  # the list again: idempotent
     assert veths(host_netns) == [] and ip_files(tmp_path / "ipam", "tun") == []
 
 
@@ -91,17 +78,18 @@ def test_chained_after_go_bridge(installed_bin, host_netns, pod_netns, tmp_path)
     subnet = free_subnet(4)
     bridge = {"type": "bridge", "bridge": "cni-gotun", "isGateway": True,
               "ipam": {"type": "host-local", "dataDir": str(tmp_path / "ipam"), "ranges": [[{"subnet": str(subnet)}]]}}
-    plugins = [(GO / "bridge", bridge), (installed_bin / "pycni-tuning", tuning_conf(tmp_path / "t"))]
+    plugins = [bridge, tuning_conf(tmp_path / "t")]
+    chain = {"network": "tun", "version": "1.0.0", "exe_for": installed_or_go(installed_bin)}
     common = dict(CNI_CONTAINERID="gotun1", CNI_NETNS=pod_netns.path, CNI_IFNAME="eth0", CNI_PATH=str(GO))
-    result = run_list(plugins[:1], "ADD", common, host_netns, "1.0.0")
+    result = run_conflist(host_netns, plugins[:1], "ADD", common, **chain)
     before = pod_state(pod_netns)
-    result = run_list(plugins[1:], "ADD", common, host_netns, "1.0.0", cached=result)
+    result = run_conflist(host_netns, plugins[1:], "ADD", common, cached=result, **chain)
     assert pod_state(pod_netns)["mac"] == NEW_MAC
     assert [i["mac"] for i in result["interfaces"] if i.get("sandbox")] == [NEW_MAC]
-    run_list(plugins, "CHECK", common, host_netns, "1.0.0", cached=result)  # the Go bridge's CHECK agrees
-    run_list(plugins[1:], "DEL", common, host_netns, "1.0.0", cached=result)
+    run_conflist(host_netns, plugins, "CHECK", common, cached=result, **chain)  # the Go bridge's CHECK agrees
+    run_conflist(host_netns, plugins[1:], "DEL", common, cached=result, **chain)
     assert pod_state(pod_netns) == before
-    run_list(plugins[:1], "DEL", common, host_netns, "1.0.0", cached=result)
+    run_conflist(host_netns, plugins[:1], "DEL", common, cached=result, **chain)
 
 
 # --- in-process cases on a pod-local veth (no bridge needed) --------------------------------------------
