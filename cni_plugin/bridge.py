@@ -50,7 +50,8 @@ from .spec.types import DNS, Interface, IPConfig, Result, Route
 DEFAULT_BRIDGE = "cni0"
 FALLBACK_MTU = 1500
 SETTLE_TIMEOUT = 5.0  # seconds, as ip.SettleAddresses in the reference
-SETTLE_POLL = 0.05
+SETTLE_POLL = 0.05  # the longest pause between two looks; the first look is immediate
+SETTLE_FIRST_POLL = 0.005  # then doubling: a DAD that ends soon is seen soon, a long one costs few looks
 MAC_ARGS = frozenset({"MAC"})
 
 
@@ -260,6 +261,7 @@ def _host_sysctl_best_effort(host: netlink.Netlink, key: str, value: str) -> Non
 def _settle(pod: netlink.Netlink, ifname: str) -> None:
     """Wait until no IPv6 address of `ifname` is tentative; a DAD failure is an error."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
+    pause = SETTLE_FIRST_POLL
     while True:
         tentative, failed = pod.tentative_addresses(ifname)
         if failed:
@@ -268,7 +270,8 @@ def _settle(pod: netlink.Netlink, ifname: str) -> None:
             return
         if time.monotonic() > deadline:
             raise NetlinkFailure(f"addresses on {ifname} still tentative", ", ".join(map(str, tentative)))
-        time.sleep(SETTLE_POLL)
+        time.sleep(pause)
+        pause = min(pause * 2, SETTLE_POLL)
 
 
 def _configure_pod(pod: netlink.Netlink, ifname: str, plan: L3Plan, enabledad: bool) -> None:

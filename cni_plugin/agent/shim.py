@@ -65,7 +65,9 @@ def _fallback(plugin: str, socket_path: str, data: "bytes | None", started: bool
     return run_here(plugin, socket_path, data, started, reason)
 
 
-def run(plugin: str, socket_path: str) -> int:
+def run(plugin: str, socket_path: str, exit_now: bool = True) -> int:
+    """Serve one plugin exec through the agent (in-process when it cannot). With `exit_now`
+    (the installed executables), an answer from the agent ends the process at once."""
     verb = posix.environ.get(b"CNI_COMMAND", b"")
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
@@ -100,6 +102,11 @@ def run(plugin: str, socket_path: str) -> int:
                 code, out, err = reply
                 _write_all(1, out)
                 _write_all(2, err)
+                if exit_now:
+                    # The answer is out (written unbuffered above) and nothing else is pending:
+                    # skip interpreter finalization (module teardown, GC), ~2 ms of every call.
+                    sock.close()
+                    posix._exit(code)
                 return code
         started = received[:1] == protocol.STARTED
         return _fallback(plugin, socket_path, data, started, "the agent closed the connection")

@@ -34,6 +34,9 @@ IFA_F_NODAD = 0x02
 IFA_F_DADFAILED = 0x08
 IFA_F_TENTATIVE = 0x40
 GONE_ERRNOS = (errno.ENODEV, errno.ENOENT)
+# wait_operstate_up: the kernel sets a fresh veth UP well under 1 ms after asked, so look again
+# after 1 ms and back off to the reference's budget (0, 50 ms, 0.5 s, 1 s, 1 s; ~2.5 s in all).
+OPERSTATE_DELAYS = (0.0, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.3, 0.5, 1.0, 0.5)
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,7 @@ class Netlink:
                 out[nla_name] = value
         return out
 
-    def wait_operstate_up(self, name: str, delays: tuple[float, ...] = (0, 0.05, 0.5, 1, 1)) -> bool:
+    def wait_operstate_up(self, name: str, delays: tuple[float, ...] = OPERSTATE_DELAYS) -> bool:
         """Poll until `name` is operationally UP (the reference's retry schedule); True if it is."""
         for delay in delays:
             time.sleep(delay)
