@@ -21,7 +21,8 @@ CLONE_NEWNET = 0x40000000
 NS_GET_NSTYPE = 0xB703  # ioctl(2) on an nsfs fd, Linux >= 4.11: returns the CLONE_NEW* type
 
 
-def _setns(fd: int) -> None:
+def setns_net(fd: int) -> None:
+    """Move the calling thread into the network namespace of `fd` (setns(2), CLONE_NEWNET)."""
     setns = getattr(os, "setns", None)  # Python >= 3.12
     if setns is not None:
         setns(fd, CLONE_NEWNET)
@@ -74,14 +75,14 @@ def entered(path: str) -> Iterator[None]:
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
     try:
         try:
-            _setns(target)
+            setns_net(target)
         except OSError as exc:
             raise InvalidNetns(f"cannot enter network namespace {path}", exc.strerror or str(exc)) from exc
         try:
             yield
         finally:
             # Failing to return would leave this thread wiring the wrong namespace: let it raise.
-            _setns(own)
+            setns_net(own)
     finally:
         os.close(target)
         os.close(own)

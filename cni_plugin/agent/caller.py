@@ -28,7 +28,8 @@ import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-CLONE_NEWNET = 0x40000000
+from ..netns import setns_net
+
 SO_PEERCRED = getattr(socket, "SO_PEERCRED", 17)
 SO_PEERPIDFD = getattr(socket, "SO_PEERPIDFD", 77)
 PIDFD_GET_NET_NAMESPACE = 0xFF04  # _IO(PIDFS_IOCTL_MAGIC=0xFF, 4), linux/pidfd.h
@@ -98,19 +99,6 @@ def caller_netns(conn: socket.socket, pid: int) -> int:
         os.close(pidfd)
 
 
-def _setns(fd: int) -> None:
-    setns = getattr(os, "setns", None)  # Python >= 3.12
-    if setns is not None:
-        setns(fd, CLONE_NEWNET)
-        return
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, os.strerror(err))
-
-
 def same_namespace(fd_a: int, fd_b: int) -> bool:
     a, b = os.fstat(fd_a), os.fstat(fd_b)
     return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
@@ -126,12 +114,12 @@ def entered(target: int, home: int) -> Iterator[None]:
     if same_namespace(target, home):
         yield
         return
-    _setns(target)
+    setns_net(target)
     try:
         yield
     finally:
         try:
-            _setns(home)
+            setns_net(home)
         except OSError as exc:  # pragma: no cover - the kernel does not refuse a return to a held fd
             os.write(2, f"pycni-agent: FATAL: cannot return a worker to its namespace: {exc}\n".encode())
             os._exit(70)
