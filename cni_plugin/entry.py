@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Callable
+from typing import Any
 
 from .spec.plugin import Plugin, about_text, read_version_input, version_reply
 
@@ -17,84 +19,53 @@ from .spec.plugin import Plugin, about_text, read_version_input, version_reply
 SHIM_MARKER = "# pycni-shim:"
 
 
-def _loopback():  # noqa: ANN202 - returns skel.Handlers; annotated lazily to keep imports light
-    from . import loopback
+def _handlers_of(module: str) -> Callable[[], Any]:
+    """A loader of `module`.HANDLERS: the plugin's module (pyroute2, pydantic) loads on first use."""
 
-    return loopback.HANDLERS
+    def load() -> Any:
+        # The builtin __import__ (a non-empty fromlist returns the submodule): importlib itself
+        # is not loaded yet on the VERSION path, and need not be.
+        return __import__(module, fromlist=["HANDLERS"]).HANDLERS
 
-
-def _host_local():  # noqa: ANN202 - returns skel.Handlers
-    from ipam import main
-
-    return main.HANDLERS
-
-
-def _bridge():  # noqa: ANN202 - returns skel.Handlers
-    from . import bridge
-
-    return bridge.HANDLERS
-
-
-def _portmap():  # noqa: ANN202 - returns skel.Handlers
-    from . import portmap
-
-    return portmap.HANDLERS
-
-
-def _tuning():  # noqa: ANN202 - returns skel.Handlers
-    from . import tuning
-
-    return tuning.HANDLERS
-
-
-def _firewall():  # noqa: ANN202 - returns skel.Handlers
-    from .firewall import plugin
-
-    return plugin.HANDLERS
-
-
-def _bandwidth():  # noqa: ANN202 - returns skel.Handlers
-    from . import bandwidth
-
-    return bandwidth.HANDLERS
+    return load
 
 
 PLUGINS: dict[str, Plugin] = {
     "bridge": Plugin(
         name="bridge",
         about="connects the container to a Linux bridge through a veth pair",
-        load_handlers=_bridge,
+        load_handlers=_handlers_of("cni_plugin.bridge"),
     ),
     "portmap": Plugin(
         name="portmap",
         about="forwards host ports to the container through nftables (chained after an interface plugin)",
-        load_handlers=_portmap,
+        load_handlers=_handlers_of("cni_plugin.portmap"),
     ),
     "loopback": Plugin(
         name="loopback",
         about="sets the loopback interface up in the container namespace",
-        load_handlers=_loopback,
+        load_handlers=_handlers_of("cni_plugin.loopback"),
     ),
     "bandwidth": Plugin(
         name="bandwidth",
         about="shapes the container's traffic with tbf qdiscs (an IFB for egress), chained after a veth plugin",
-        load_handlers=_bandwidth,
+        load_handlers=_handlers_of("cni_plugin.bandwidth"),
         versions=("0.3.0", "0.3.1", "0.4.0", "1.0.0", "1.1.0"),
     ),
     "host-local": Plugin(
         name="host-local",
         about="host-local IPAM: allocates addresses from range sets, stored on this node",
-        load_handlers=_host_local,
+        load_handlers=_handlers_of("ipam.main"),
     ),
     "tuning": Plugin(
         name="tuning",
         about="sets net sysctls, MAC, MTU, promisc, allmulti and txqueuelen of the pod interface; restores them on DEL",
-        load_handlers=_tuning,
+        load_handlers=_handlers_of("cni_plugin.tuning"),
     ),
     "firewall": Plugin(
         name="firewall",
         about="accepts the pod's forwarded traffic, with an admin chain and bridge isolation (nftables or iptables)",
-        load_handlers=_firewall,
+        load_handlers=_handlers_of("cni_plugin.firewall.plugin"),
     ),
 }
 

@@ -62,6 +62,21 @@ class NftRunner:
         return render.parse_listing(out)
 
 
+def apply_removal(nft: NftRunner, script: str, teardown: bool, elements_only: Callable[[], str], what: str) -> None:
+    """Run a DEL/GC transaction. If it also tears the network's chain and sets down and the kernel
+    refuses (an operator's rule refers to one of the sets: EBUSY), the attachment's own elements
+    must still go: run `elements_only()` and leave the network's objects in place."""
+    try:
+        nft.run(["-f", "-"], script, what)
+    except FirewallFailure as exc:
+        if not teardown:
+            raise
+        _warn(f"{what}: the network's chain and sets stay ({exc.msg}: {exc.details})")
+        fallback = elements_only()
+        if fallback:
+            nft.run(["-f", "-"], fallback, what)
+
+
 class NftMasquerade:
     """The Masquerade backend on the kernel's nftables, in the caller's network namespace.
 
@@ -90,18 +105,10 @@ class NftMasquerade:
             plan = render.plan_removal(network, self._nft.listing(render.FAMILY), doomed)
             if not plan.script:
                 return []
-            what = f"masquerade removal for {network}"
-            try:
-                self._nft.run(["-f", "-"], plan.script, what)
-            except FirewallFailure as exc:
-                if not plan.teardown:
-                    raise
-                # E.g. an operator's rule refers to one of the sets: the kernel refuses to delete
-                # it (EBUSY). The attachment's own elements must still go; the skeleton stays.
-                _warn(f"{what}: the network's chain and sets stay ({exc.msg}: {exc.details})")
-                script = render.render_delete(network, plan.removed)
-                if script:
-                    self._nft.run(["-f", "-"], script, what)
+            apply_removal(
+                self._nft, plan.script, plan.teardown, lambda: render.render_delete(network, plan.removed),
+                f"masquerade removal for {network}",
+            )
         return list(plan.removed)
 
     def remove(self, network: str, tag: str) -> list[MasqEntry]:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -38,7 +37,7 @@ from ..spec.skel import CmdArgs, Handlers, ifname_problem
 from ..spec.types import IPAddress, Result
 from . import lock
 from . import policy_render as pr
-from .nftables import NftRunner
+from .nftables import NftRunner, apply_removal
 from .render import FAMILY, attachment_tag
 
 # Names that belong to pycni's own chains in `inet pycni`; the admin chain must not take one.
@@ -108,10 +107,6 @@ def target(prev: Result, policy: str) -> Target:
     return Target(addresses, bridge, host_if)
 
 
-def _warn(message: str) -> None:
-    sys.stderr.write(f"pycni-firewall: {message}\n")
-
-
 # --- backends ------------------------------------------------------------------------------------------
 
 
@@ -151,18 +146,10 @@ class NftFirewall:
         plan = pr.plan_removal(conf.name, self._nft.listing(FAMILY), self._nft.listing("bridge"), doomed)
         if not plan.script:
             return
-        what = f"firewall removal for {conf.name}"
-        try:
-            self._nft.run(["-f", "-"], plan.script, what)
-        except FirewallFailure as exc:
-            if not plan.teardown:
-                raise
-            # E.g. an operator's rule refers to fw4_N: the kernel refuses to delete the set (EBUSY).
-            # The attachment's own elements must still go; the network's chain and sets stay.
-            _warn(f"{what}: the network's chain and sets stay ({exc.msg}: {exc.details})")
-            script = pr.render_delete(conf.name, plan.entries, plan.ports)
-            if script:
-                self._nft.run(["-f", "-"], script, what)
+        apply_removal(
+            self._nft, plan.script, plan.teardown, lambda: pr.render_delete(conf.name, plan.entries, plan.ports),
+            f"firewall removal for {conf.name}",
+        )
 
     def remove(self, conf: FirewallConf, tag: str) -> None:
         with self._locked():
