@@ -68,6 +68,7 @@ class ControllerSettings:
     resync_interval: float = 30.0
     renew_interval: float = 20.0
     datastore_name: str = "etcd"
+    metrics_listen: str = ""  # HOST:PORT, or "" for no metrics endpoint
 
     @property
     def conf_path(self) -> str:
@@ -109,11 +110,16 @@ class Controller:
         self.reconciles = 0
         self._threads: list[threading.Thread] = []
         self._last_renew = 0.0
+        self._metrics: Any = None
 
     # --- life cycle ----------------------------------------------------------------------------
 
     def start(self) -> None:
         self._restore_ready()
+        if self.settings.metrics_listen:
+            from . import metrics
+
+            self._metrics = metrics.serve(self.settings.metrics_listen, self.status)
         main = threading.Thread(target=self.run, name="pycni-cluster", daemon=True)
         self._threads = [main]
         main.start()
@@ -121,6 +127,8 @@ class Controller:
     def stop(self, timeout: float = 10.0) -> None:
         self.stop_event.set()
         self.dirty.set()
+        if self._metrics is not None:
+            self._metrics.shutdown()
         for thread in self._threads:
             thread.join(timeout)
         try:

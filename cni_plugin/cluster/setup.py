@@ -49,6 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--state-dir", default=DEFAULT_STATE_DIR, help="where the node remembers its subnets")
     group.add_argument("--status-file", default=status.DEFAULT_STATUS_FILE, help="the controller's status file")
     group.add_argument("--resync-interval", type=float, default=30.0, help="seconds between full reconciles")
+    group.add_argument("--metrics-listen", default="",
+                       help="HOST:PORT for /metrics (Prometheus text) and /healthz (default: off)")
 
 
 def default_node_addresses() -> tuple[IPAddress, ...]:
@@ -102,5 +104,6 @@ def build_controller(opts: argparse.Namespace) -> Controller:
         resync_interval=opts.resync_interval,
         renew_interval=max(1.0, opts.lease_ttl / 3),
         datastore_name=opts.datastore,
+        metrics_listen=opts.metrics_listen,
     )
     return Controller(build_datastore(opts), settings, Dataplane())
