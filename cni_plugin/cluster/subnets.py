@@ -24,7 +24,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from ..spec.types import IPNetwork
-from .model import ClusterConfig, SubnetExhausted
+from .model import ClusterConfig, NodeRecord, Snapshot, SubnetExhausted
 
 
 def subnet_count(cidr: IPNetwork, length: int) -> int:
@@ -160,3 +160,38 @@ def plan_claim(name: str, config: ClusterConfig, holders: Mapping[IPNetwork, str
         chosen.append(pick if pick is not None else pick_free(cidr, length, taken, seed=name))
     drop = tuple(net for net in mine if net not in chosen)
     return ClaimPlan(subnets=tuple(chosen), drop=drop)
+
+
+def holder_of(value: str | bytes) -> str:
+    """The node name in a stored record; "" when it does not parse (the subnet stays taken)."""
+    try:
+        return NodeRecord.from_json(value).name
+    except (ValueError, TypeError):
+        return ""
+
+
+def snapshot_from_entries(entries: Mapping[IPNetwork, str | bytes], revision: str) -> Snapshot:
+    """Group subnet -> record text into one NodeRecord per node (a node is the union of its keys).
+
+    The subnets come from the keys (what the node holds exclusively), never from the record's own
+    list, so a record cannot claim a subnet it does not hold. The addresses and MAC come from the
+    node's record under its lowest subnet (all of a node's keys carry the same record)."""
+    by_name: dict[str, tuple[NodeRecord, list[IPNetwork]]] = {}
+    skipped: list[str] = []
+    order = sorted(entries, key=lambda n: (n.version, int(n.network_address), n.prefixlen))
+    for subnet in order:
+        try:
+            record = NodeRecord.from_json(entries[subnet])
+        except (ValueError, TypeError) as exc:  # also json.JSONDecodeError
+            skipped.append(f"{subnet}: {exc}")
+            continue
+        if record.name in by_name:
+            by_name[record.name][1].append(subnet)
+        else:
+            by_name[record.name] = (record, [subnet])
+    nodes = tuple(
+        NodeRecord(name=rec.name, subnets=tuple(subnets), addresses=rec.addresses,
+                   vtep_mac=rec.vtep_mac, backend=rec.backend)
+        for rec, subnets in sorted(by_name.values(), key=lambda item: item[0].name)
+    )
+    return Snapshot(nodes=nodes, revision=revision, skipped=tuple(skipped))
