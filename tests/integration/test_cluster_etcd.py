@@ -11,6 +11,7 @@ import base64
 import ipaddress
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
@@ -122,6 +123,35 @@ def test_config_absent_malformed_ok(etcd, make, prefix):
     with pytest.raises(ValueError, match="subnetLen"):
         ds.set_cluster_config({"clusterCIDRs": ["10.250.0.0/16"], "subnetLen": 99})
     assert ds.cluster_config() == got  # the bad one was not written
+
+
+def test_cli_config_set_get_and_nodes(etcd, make, prefix, tmp_path):
+    from click.testing import CliRunner
+
+    from cni_plugin.cli import main
+
+    where = ["--etcd-endpoints", etcd.endpoint, "--etcd-prefix", prefix]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"clusterCIDRs": ["10.244.0.0/16"], "backend": {"type": "gre"}}))
+    result = CliRunner().invoke(main, ["cluster", "config", "set", str(bad), *where])
+    assert result.exit_code == 1 and "backend" in result.output
+    result = CliRunner().invoke(main, ["cluster", "config", "get", *where])
+    assert result.exit_code == 1 and f"{prefix}/config" in result.output  # nothing was written
+    result = CliRunner().invoke(main, ["cluster", "config", "set", "-", *where], input=json.dumps(DUAL))
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(main, ["cluster", "config", "get", *where])
+    assert json.loads(result.output)["clusterCIDRs"] == DUAL["clusterCIDRs"]
+    record = make().claim(node("a"), make().cluster_config())
+    result = CliRunner().invoke(main, ["cluster", "nodes", *where])
+    header, row = result.output.splitlines()
+    assert header.split() == ["NODE", "SUBNETS", "ADDRESS", "VTEP-MAC"]
+    assert row.split() == ["a", ",".join(map(str, record.subnets)), "198.18.0.1", "aa:bb:cc:00:00:01"]
+    result = CliRunner().invoke(main, ["cluster", "nodes", "--json"], env={
+        "PYCNI_ETCD_ENDPOINTS": etcd.endpoint, "PYCNI_ETCD_PREFIX": prefix})
+    assert json.loads(result.output)["nodes"][0]["name"] == "a"
+    result = CliRunner().invoke(main, ["cluster", "nodes", "--etcd-endpoints", "http://127.0.0.1:9",
+                                       "--timeout", "1"])
+    assert result.exit_code == 1 and "unavailable" in result.output
 
 
 # --- claim ------------------------------------------------------------------------------------
@@ -440,6 +470,30 @@ def test_etcd_down_every_call_unavailable_then_back_with_the_claim(tmp_path):
         assert [n.name for n in snap.nodes] == ["a"] and snap.nodes[0].subnets == record.subnets
         assert ds.claim(node("a"), cfg).subnets == record.subnets
         watch.stop.set()
+        ds.close()
+
+
+def test_hung_etcd_times_out_into_unavailable_and_the_idle_watch_notices(tmp_path):
+    """etcd frozen (SIGSTOP): connections open, nothing answers, as in a silent partition."""
+    with EtcdServer.start(tmp_path) as server:
+        ds = EtcdDatastore([server.endpoint], lease_ttl=30, timeout=0.5)
+        ds.watch_probe_interval = 0.5
+        cfg = ds.set_cluster_config(V4)
+        ds.claim(node("a"), cfg)
+        watch = Watch(ds, ds.nodes().revision)
+        time.sleep(0.2)
+        assert server.proc is not None
+        os.kill(server.proc.pid, signal.SIGSTOP)
+        try:
+            started = time.monotonic()
+            with pytest.raises(DatastoreUnavailable, match=server.endpoint):
+                ds.nodes()
+            assert time.monotonic() - started < 2
+            wait_for(lambda: watch.error is not None, 3, "the idle watch's probe to fail")
+            assert isinstance(watch.error, DatastoreUnavailable)
+        finally:
+            os.kill(server.proc.pid, signal.SIGCONT)
+        assert names(ds) == ["a"]
         ds.close()
 
 
