@@ -88,13 +88,16 @@ class Controller:
         planner: Callable[..., Any] | None = None,
         vtep_mac: Callable[[str], str] | None = None,
     ) -> None:
-        from . import plan as plan_module
+        if planner is None or vtep_mac is None:
+            from . import plan as plan_module
 
+            planner = planner or plan_module.plan
+            vtep_mac = vtep_mac or plan_module.vtep_mac
         self.store = store
         self.settings = settings
         self.dataplane = dataplane
-        self.planner = planner or plan_module.plan
-        self.vtep_mac = vtep_mac or plan_module.vtep_mac
+        self.planner = planner
+        self.vtep_mac = vtep_mac
         self.stop_event = threading.Event()
         self.dirty = threading.Event()
         self.config: ClusterConfig | None = None
