@@ -144,10 +144,10 @@ def test_not_ready_until_there_is_a_config(tmp_path):
         assert "no cluster config" in reason
         assert not os.path.exists(controller.settings.conf_path)
         backend.set_config(CFG)
-        while time.monotonic() < deadline and not os.path.exists(controller.settings.conf_path):
+        while time.monotonic() < deadline and status.not_ready_reason(controller.settings.status_file):
             time.sleep(0.02)
-        assert os.path.exists(controller.settings.conf_path)
         assert status.not_ready_reason(controller.settings.status_file) == ""
+        assert os.path.exists(controller.settings.conf_path)
     finally:
         controller.stop()
 
