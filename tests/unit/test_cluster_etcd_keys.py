@@ -48,3 +48,26 @@ def test_a_key_that_is_not_a_subnet_is_refused():
 
 def test_prefix_range_end_is_last_byte_plus_one():
     assert _unb64(_prefix_end("/pycni/")) == b"/pycni0"
+
+
+@pytest.mark.parametrize("fault, expected", [
+    ("etcd3gw.exceptions.ConnectionFailedError", "DatastoreUnavailable"),
+    ("etcd3gw.exceptions.ConnectionTimeoutError", "DatastoreUnavailable"),
+    ("etcd3gw.exceptions.InternalServerError", "DatastoreUnavailable"),
+    ("requests.exceptions.ChunkedEncodingError", "DatastoreUnavailable"),
+    ("etcd3gw.exceptions.Etcd3Exception", "DatastoreError"),
+])
+def test_every_client_failure_is_translated_at_the_boundary(mocker, fault, expected):
+    """Fault injection: whatever etcd3gw/requests raise leaves as a Datastore error naming the endpoint."""
+    import importlib
+
+    from cni_plugin.cluster import model
+
+    module, _, name = fault.rpartition(".")
+    exc_type = getattr(importlib.import_module(module), name)
+    mocker.patch("etcd3gw.client.Etcd3Client.post", side_effect=exc_type('{"message": "boom"}'))
+    ds = EtcdDatastore(["http://192.0.2.1:2379"])
+    with pytest.raises(model.DatastoreError, match="192.0.2.1:2379") as info:
+        ds.nodes()
+    assert type(info.value).__name__ == expected
+    assert isinstance(info.value.__cause__, exc_type)
