@@ -464,6 +464,7 @@ def test_etcd_down_every_call_unavailable_then_back_with_the_claim(tmp_path):
             "nodes": ds.nodes,
             "watch": lambda: next(ds.watch("1", threading.Event())),
             "set_cluster_config": lambda: ds.set_cluster_config(cfg),
+            "release": ds.release,  # fails before it changes anything: the claim stays
         }
         for call in calls.values():
             with pytest.raises(DatastoreUnavailable, match=server.endpoint):
