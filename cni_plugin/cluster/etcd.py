@@ -362,7 +362,8 @@ class EtcdDatastore:
         return int(reply["header"]["revision"])
 
     def watch(self, revision: str, stop: threading.Event) -> Iterator[str]:
-        """Yield the revision of each batch of subnet-key changes after `revision`.
+        """Yield the revision of each batch of changes under the prefix after `revision` (node
+        subnet keys, and the config: a changed config wakes the controller as well).
 
         Compaction (etcd no longer has `revision`): yield the current revision once, so the
         controller relists, and go on watching from there. A broken stream or an etcd that stops
@@ -384,8 +385,9 @@ class EtcdDatastore:
                 stream.close()
 
     def _open_watch(self, start: int) -> _WatchStream:
-        body = {"create_request": {"key": _b64(self.subnets_prefix),
-                                   "range_end": _prefix_end(self.subnets_prefix),
+        # The whole prefix: subnet keys and the config, so a config change wakes the controller too.
+        body = {"create_request": {"key": _b64(self.prefix + "/"),
+                                   "range_end": _prefix_end(self.prefix + "/"),
                                    "start_revision": start}}
 
         def op(client: etcd3gw.Etcd3Client) -> _WatchStream:

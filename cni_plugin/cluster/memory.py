@@ -199,7 +199,8 @@ class MemoryDatastore:
         b = self.backend
         with b._enter():
             holders = {s: holder_of(e.value) for s, e in b._keys.items()}
-            preferred = (*(self._held.record.subnets if self._held else ()), *claim.previous_subnets)
+            remembered = self._held.record.subnets if self._held and self._held.claim.name == claim.name else ()
+            preferred = (*remembered, *claim.previous_subnets)
             plan = plan_claim(claim.name, config, holders, preferred)
             record = NodeRecord(name=claim.name, subnets=plan.subnets, addresses=claim.addresses,
                                 vtep_mac=claim.vtep_mac.lower(), backend=claim.backend)

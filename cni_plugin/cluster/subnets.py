@@ -7,7 +7,9 @@ that numbering, never a list of it: an IPv6 /48 split into /64 has 65536 subnets
 Every subnet is usable, the first one included (10.244.0.0/24 holds the cluster CIDR's network
 address, but per-node subnets are routed, not a broadcast domain: nothing in the data path treats
 the cluster CIDR's network address specially; host-local IPAM already keeps each node subnet's own
-network address and gateway out of pod use). flannel skips none either.
+network address and gateway out of pod use). flannel's current docs default SubnetMin to the
+second subnet (older releases started at the first); nothing in pycni needs that gap, so a
+/16 at /24 holds 256 nodes, not 255.
 
 A node starts its search at a position derived from its name (a stable hash, not Python's
 randomised hash()), so nodes spread over the CIDR, nodes joining at once rarely race for the same
