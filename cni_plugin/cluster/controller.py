@@ -295,6 +295,13 @@ class Controller:
     def _apply(self, config: ClusterConfig, snapshot: Snapshot) -> None:
         assert self.me is not None
         listed = next((n for n in snapshot.nodes if n.name == self.me.name), None)
+        if listed is not None and listed.subnets != self.me.subnets:
+            # renew() had to claim again after the lease was lost and someone else took the old
+            # subnet: the new one is ours now (the conflist below follows it).
+            log.warning("node %s moved from %s to %s", listed.name, ", ".join(map(str, self.me.subnets)),
+                        ", ".join(map(str, listed.subnets)))
+            self._remember(listed)
+            self.me = listed
         me = listed or self.me
         address = self.settings.node_addresses[0]
         facts = self.dataplane.local_facts(address)
