@@ -200,11 +200,12 @@ def test_a_config_change_that_moves_the_cidr_claims_again(tmp_path, backend):
     controller, _ = make(tmp_path, backend)
     controller.claim()
     controller.reconcile()
-    backend.set_config({"clusterCIDRs": ["10.245.0.0/16"], "backend": {"type": "host-gw"}})
+    backend.set_config({"clusterCIDRs": ["10.245.0.0/16"], "backend": {"type": "host-gw"}})  # moved
     controller.reconcile()
     conf = read_conflist(controller)
     assert N(conf["plugins"][0]["ipam"]["ranges"][0][0]["subnet"]).subnet_of(N("10.245.0.0/16"))
-    assert controller.config == parse_cluster_config({"clusterCIDRs": ["10.245.0.0/16"], "backend": {"type": "host-gw"}})
+    moved = {"clusterCIDRs": ["10.245.0.0/16"], "backend": {"type": "host-gw"}}
+    assert controller.config == parse_cluster_config(moved)
 
 
 def test_events_wake_the_loop_before_the_timer(tmp_path, backend):
