@@ -20,6 +20,7 @@ server checks). What it speaks is the API's own JSON:
     server.add_node("n1", pod_cidrs=["10.244.1.0/24"], addresses=["198.18.0.1"])
     server.drop_watches()        # streams cut without their terminating chunk
     server.stop(); server.start_again()   # an outage: connections refused, state kept
+    KubeAPIServer.start(tls=make_tls(tmp_path))  # HTTPS (the in-cluster loader insists on it)
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from __future__ import annotations
 import copy
 import json
 import socket
+import ssl
+import subprocess
 import threading
 import time
 import uuid
@@ -39,6 +42,21 @@ from urllib.parse import parse_qs, urlsplit
 
 TOKEN = "pycni-test-token"  # noqa: S105 - a test server's token
 CREATED = "2026-01-01T00:00:00Z"
+
+
+@dataclass(frozen=True)
+class TLS:
+    cert: Path  # self-signed for IP 127.0.0.1: the CA file a client trusts, too
+    key: Path
+
+
+def make_tls(directory: Path) -> TLS:
+    """A throwaway self-signed certificate for 127.0.0.1 (openssl CLI)."""
+    cert, key = directory / "apiserver.crt", directory / "apiserver.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                    "-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True, capture_output=True)
+    return TLS(cert, key)
 
 
 @dataclass(frozen=True)
@@ -71,8 +89,9 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 class KubeAPIServer:
-    def __init__(self, token: str = TOKEN) -> None:
+    def __init__(self, token: str = TOKEN, tls: TLS | None = None) -> None:
         self.token = token
+        self.tls = tls
         self.port = 0
         self.gone_as_http = False  # answer a too-old watch with HTTP 410 instead of an ERROR event
         self.requests: list[Seen] = []
@@ -91,8 +110,8 @@ class KubeAPIServer:
     # --- lifecycle -----------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, token: str = TOKEN) -> KubeAPIServer:
-        server = cls(token)
+    def start(cls, token: str = TOKEN, tls: TLS | None = None) -> KubeAPIServer:
+        server = cls(token, tls)
         server.start_again()
         return server
 
@@ -101,6 +120,10 @@ class KubeAPIServer:
         httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
         httpd.daemon_threads = True
         self.port = httpd.server_address[1]
+        if self.tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(self.tls.cert, self.tls.key)
+            httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
         with self._cond:
             self._stopping = False
         self._httpd = httpd
@@ -126,7 +149,7 @@ class KubeAPIServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def write_kubeconfig(self, path: Path, token: str | None = None) -> Path:
         """A kubeconfig for this server (JSON is YAML): the tests pass it to the datastore."""
@@ -309,7 +332,8 @@ class _Handler(BaseHTTPRequestHandler):
         content_type = (self.headers.get("Content-Type") or "").split(";")[0].strip()
         with self.api._cond:
             self.api.requests.append(Seen(method, parts.path, query, content_type, body))
-        if self.headers.get("Authorization") != f"Bearer {self.api.token}":
+        scheme, _, token = (self.headers.get("Authorization") or "").partition(" ")
+        if scheme.lower() != "bearer" or token != self.api.token:  # the scheme is case-insensitive
             self._send_status(401, "Unauthorized", "Unauthorized")
             return None
         return parts.path, query, body

@@ -27,7 +27,7 @@ import ipaddress
 import json
 import logging
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import urllib3
@@ -265,33 +265,29 @@ class KubernetesDatastore:
 
     # --- requests ------------------------------------------------------------------------------
 
-    def _get_node(self) -> dict[str, Any]:
+    def _call(self, what: str, request: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """One request, its JSON body, its failure as a Datastore error."""
         try:
-            response = self._core.read_node(self.node_name, _preload_content=False,
-                                            _request_timeout=self._request_timeout)
-            return _body(response)
+            response = request(*args, _preload_content=False, _request_timeout=self._request_timeout, **kwargs)
         except ApiException as exc:
-            if exc.status == HTTP_NOT_FOUND:
+            if exc.status == HTTP_NOT_FOUND and what != "list nodes":
                 raise NotReady(f"kubernetes: node {self.node_name} is not registered (no Node object)") from exc
-            raise _translate(exc, f"get node {self.node_name}") from exc
+            raise _translate(exc, what) from exc
         except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _translate(exc, f"get node {self.node_name}") from exc
+            raise _translate(exc, what) from exc
+        except ValueError as exc:  # the client refused to build the request (e.g. a bad token header)
+            raise DatastoreError(f"kubernetes: {what}: {exc}") from exc
+        try:
+            return _body(response)
         except ValueError as exc:
-            raise DatastoreUnavailable(f"kubernetes: get node {self.node_name}: not JSON: {exc}") from exc
+            raise DatastoreUnavailable(f"kubernetes: {what}: the answer is not a JSON object: {exc}") from exc
+
+    def _get_node(self) -> dict[str, Any]:
+        return self._call(f"get node {self.node_name}", self._core.read_node, self.node_name)
 
     def _patch_node(self, patch: dict[str, Any]) -> dict[str, Any]:
-        try:
-            response = self._core.patch_node(self.node_name, patch, _content_type=MERGE_PATCH,
-                                             _preload_content=False, _request_timeout=self._request_timeout)
-            return _body(response)
-        except ApiException as exc:
-            if exc.status == HTTP_NOT_FOUND:
-                raise NotReady(f"kubernetes: node {self.node_name} is not registered (no Node object)") from exc
-            raise _translate(exc, f"patch node {self.node_name}") from exc
-        except (urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _translate(exc, f"patch node {self.node_name}") from exc
-        except ValueError as exc:
-            raise DatastoreUnavailable(f"kubernetes: patch node {self.node_name}: not JSON: {exc}") from exc
+        return self._call(f"patch node {self.node_name}", self._core.patch_node, self.node_name, patch,
+                          _content_type=MERGE_PATCH)
 
     # --- the Datastore protocol ----------------------------------------------------------------
 
@@ -324,13 +320,7 @@ class KubernetesDatastore:
         deletes them, and kube-controller-manager frees the podCIDRs)."""
 
     def nodes(self) -> Snapshot:
-        try:
-            response = self._core.list_node(_preload_content=False, _request_timeout=self._request_timeout)
-            document = _body(response)
-        except (ApiException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise _translate(exc, "list nodes") from exc
-        except ValueError as exc:
-            raise DatastoreUnavailable(f"kubernetes: list nodes: not JSON: {exc}") from exc
+        document = self._call("list nodes", self._core.list_node)
         records: list[NodeRecord] = []
         skipped: list[str] = []
         seen: dict[str, NodeRecord | str] = {}

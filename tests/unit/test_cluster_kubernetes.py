@@ -33,7 +33,7 @@ from cni_plugin.cluster.model import (
     NotReady,
     parse_cluster_config,
 )
-from tests.kube_apiserver import KubeAPIServer
+from tests.kube_apiserver import KubeAPIServer, make_tls
 
 V4 = parse_cluster_config({"clusterCIDRs": ["10.244.0.0/16"], "backend": {"type": "vxlan"}})
 DUAL = parse_cluster_config({"clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"], "backend": {"type": "vxlan"}})
@@ -213,6 +213,33 @@ def test_wrong_token_is_unavailable_not_fatal(api: KubeAPIServer, tmp_path: Path
             store.nodes()
     finally:
         store.close()
+
+
+def test_in_cluster_service_account(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # kubeconfig=None: the library's in-cluster loader (HTTPS to KUBERNETES_SERVICE_HOST:PORT, the
+    # service account's token and CA). Its file paths point into tmp_path instead of
+    # /var/run/secrets/kubernetes.io/serviceaccount, which the test must not create on the machine.
+    from kubernetes.config import incluster_config
+
+    api = KubeAPIServer.start(token="service-account-token", tls=make_tls(tmp_path))
+    try:
+        api.add_node("n1", pod_cidrs=["10.244.1.0/24"], addresses=["198.18.0.1"])
+        (tmp_path / "token").write_text("service-account-token")  # projected tokens end without a newline
+        monkeypatch.setattr(incluster_config, "SERVICE_TOKEN_FILENAME", str(tmp_path / "token"))
+        monkeypatch.setattr(incluster_config, "SERVICE_CERT_FILENAME", str(api.tls.cert))  # type: ignore[union-attr]
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "127.0.0.1")
+        monkeypatch.setenv("KUBERNETES_SERVICE_PORT", str(api.port))
+        store = KubernetesDatastore(V4, "n1")
+        try:
+            assert store.claim(claim_for(), V4).subnets == (net("10.244.1.0/24"),)
+            assert [n.name for n in store.nodes().nodes] == ["n1"]
+        finally:
+            store.close()
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST")
+        with pytest.raises(ValueError, match="in-cluster service account"):
+            KubernetesDatastore(V4, "n1")  # not in a pod: the agent refuses to start
+    finally:
+        api.stop()
 
 
 def test_an_unreadable_kubeconfig_refuses_to_start(tmp_path: Path) -> None:
