@@ -2,6 +2,7 @@
 
     pycni ipam ls [--network N] [--data-dir D] [--json]
     pycni ipam gc --network N --valid FILE [--data-dir D] [--apply]
+    pycni cluster config set|get, pycni cluster nodes   (cni_plugin/cluster/cli.py)
 
 `ls` only reads (no lock). `gc` prints what it would release and changes nothing unless --apply,
 which takes the network's IPAM lock like any plugin request. The --valid file is JSON: a list of
@@ -17,6 +18,8 @@ import time
 from typing import Any
 
 import click
+
+from .cluster import cli as cluster_cli
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 
@@ -130,6 +133,9 @@ def gc(network: str, valid_file, data_dir: str, apply: bool) -> None:
         click.echo(f"{verb} {ip} ({owner.container_id} {owner.ifname or '-'})")
     summary = "released" if apply else "would be released (dry run: add --apply)"
     click.echo(f"{len(victims)} of {len(reservations)} reservations {summary}", err=True)
+
+
+main.add_command(cluster_cli.cluster)
 
 
 if __name__ == "__main__":  # pragma: no cover
