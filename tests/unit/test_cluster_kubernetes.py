@@ -421,3 +421,91 @@ def test_other_refusals_are_datastore_errors(api: KubeAPIServer, make_store, moc
         store.claim(claim_for(), V4)
     assert not isinstance(caught.value, DatastoreUnavailable)
     assert isinstance(caught.value.__cause__, ApiException)
+
+
+# --- the controller on this source ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Peer:
+    name: str
+    subnets: tuple
+    address: object
+    via: str = "vxlan"
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class _Desired:
+    peers: tuple
+    pod_mtu: int = 1450
+
+
+class _RecordingDataplane:
+    def __init__(self) -> None:
+        self.peer_names: list[str] = []
+
+    def local_facts(self, node_address: object) -> dict:
+        return {}
+
+    def apply(self, desired: _Desired) -> dict:
+        self.peer_names = sorted(p.name for p in desired.peers)
+        return {}
+
+    def apply_masquerade(self, config: object, me: object) -> None:
+        pass
+
+
+def _plan(config: object, me, nodes, facts) -> _Desired:  # type: ignore[no-untyped-def]
+    return _Desired(tuple(_Peer(n.name, n.subnets, n.addresses[0]) for n in nodes if n.name != me.name))
+
+
+def _eventually(check, timeout: float = 3.0) -> None:  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "condition not reached"
+        time.sleep(0.02)
+
+
+def test_the_controller_follows_the_nodes_by_watch(api: KubeAPIServer, kubeconfig: str, tmp_path: Path) -> None:
+    # The lead's controller loop on this source: resync_interval 30 s, so only the watch can
+    # bring the peers in within the test's seconds.
+    from cni_plugin.cluster import conflist
+    from cni_plugin.cluster.controller import Controller, ControllerSettings
+
+    api.add_node("n1", pod_cidrs=[], addresses=["10.0.0.1"])
+    settings = ControllerSettings(
+        node_name="n1", node_addresses=(ip("198.18.0.1"),), conf_dir=str(tmp_path / "net.d"),
+        conflist=conflist.ConflistSettings(ipam_data_dir=str(tmp_path / "ipam"),
+                                           status_file=str(tmp_path / "status.json")),
+        state_dir=str(tmp_path / "state"), status_file=str(tmp_path / "status.json"),
+        resync_interval=30.0, datastore_name="kubernetes")
+    dataplane = _RecordingDataplane()
+    store = KubernetesDatastore(V4, "n1", kubeconfig=kubeconfig, watch_timeout=30)
+    controller = Controller(store, settings, dataplane, planner=_plan, vtep_mac=lambda name: MAC)
+    controller.start()
+    try:
+        _eventually(lambda: "podCIDRs" in controller.last_error)  # NotReady, retried
+        api.set_pod_cidrs("n1", ["10.244.1.0/24"])  # kube-controller-manager allocates
+        _eventually(lambda: controller.ready, timeout=5.0)
+        annotations = api.node("n1")["metadata"]["annotations"]
+        assert annotations[ANNOTATION_PUBLIC_IP] == "198.18.0.1" and annotations[ANNOTATION_VTEP_MAC] == MAC
+        api.add_node("n2", pod_cidrs=["10.244.2.0/24"], addresses=["198.18.0.2"])
+        _eventually(lambda: dataplane.peer_names == ["n2"])
+        api.bump(5)  # other kinds were written, then etcd compacted: the watch's revision is
+        compacted = api.compact()  # too old when its stream breaks -> 410 -> the controller relists
+        api.drop_watches()
+        api.add_node("n3", pod_cidrs=["10.244.3.0/24"], addresses=["198.18.0.3"])
+        _eventually(lambda: dataplane.peer_names == ["n2", "n3"])
+
+        def versions() -> list[int]:
+            return [int(r.query.get("resourceVersion") or 0) for r in api.seen("GET", watch=True)]
+
+        assert any(v < compacted for v in versions())  # the re-watch got its 410 ...
+        _eventually(lambda: versions()[-1] >= compacted)  # ... and the relist's revision watches again
+        api.delete_node("n2")
+        _eventually(lambda: dataplane.peer_names == ["n3"])
+    finally:
+        started = time.monotonic()
+        controller.stop(timeout=3)
+        assert time.monotonic() - started < 2.0
