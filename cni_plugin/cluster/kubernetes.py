@@ -66,7 +66,9 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 # DatastoreUnavailable (the controller keeps the data path and retries).
 RECONNECT_ATTEMPTS = 3
 RECONNECT_BACKOFF = 0.2
-# How often the stop guard re-checks: stop() shuts the stream's socket, so a blocked read returns.
+# The stop guard (below): how often it checks that its watch is still running, and how often it
+# repeats Watch.stop() once stopping.
+GUARD_POLL = 1.0
 STOP_POLL = 0.05
 HTTP_GONE = 410
 HTTP_NOT_FOUND = 404
@@ -220,7 +222,11 @@ def _load_api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
 
 class _StopGuard:
     """Ends a blocked watch read when `stop` is set: Watch.stop() shuts the stream's socket down.
-    Polls, because the stream may not be open yet when stop is first seen."""
+
+    The thread reacts to `stop` at once and otherwise wakes every GUARD_POLL seconds to see
+    whether the watch has ended. Once stopping, it calls Watch.stop() again every STOP_POLL
+    seconds: the stream may not be open yet, and Watch.stream() clears the flag when it starts.
+    """
 
     def __init__(self, stop: threading.Event, watcher: k8s_watch.Watch) -> None:
         self._stop = stop
@@ -233,14 +239,15 @@ class _StopGuard:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._done.set()
-        self._thread.join()
+        self._done.set()  # the thread notices within GUARD_POLL; nobody waits for it
 
     def _run(self) -> None:
         while not self._done.is_set():
-            if self._stop.wait(STOP_POLL):
-                self._watcher.stop()
-                self._done.wait(STOP_POLL)
+            if self._stop.wait(GUARD_POLL):
+                while not self._done.is_set():
+                    self._watcher.stop()
+                    self._done.wait(STOP_POLL)
+                return
 
 
 class KubernetesDatastore:
@@ -345,7 +352,7 @@ class KubernetesDatastore:
         nothing. 410 Gone (an ERROR event or an HTTP 410) yields "" and returns: the controller
         relists and watches again from the new list's revision. A dropped stream is re-opened from
         the last resourceVersion with a backoff; RECONNECT_ATTEMPTS failures in a row raise
-        DatastoreUnavailable. Returns within ~STOP_POLL of `stop` being set.
+        DatastoreUnavailable. Returns within milliseconds of `stop` being set.
         """
         resume = revision
         failures = 0
