@@ -255,6 +255,9 @@ class Controller:
                 config = self.config or config
             snapshot = self.store.nodes()
             self.reachable = True
+            # The watcher resumes from what was listed, applied or not: a failing apply must not
+            # leave it watching from a revision the datastore has compacted away.
+            self.revision = snapshot.revision or self.revision
         except DatastoreUnavailable as exc:
             self.reachable = False
             self.last_error = f"datastore unreachable, data path kept as it is: {exc}"
@@ -325,7 +328,6 @@ class Controller:
         if conflist.write_atomic(self.settings.conf_path, text):
             log.info("wrote %s for %s", self.settings.conf_path, ", ".join(map(str, me.subnets)))
         self.ready = True
-        self.revision = snapshot.revision or self.revision
         self.snapshot = snapshot
 
     # --- status --------------------------------------------------------------------------------
