@@ -136,8 +136,14 @@ def peer_matches(world: World, namespace: str, p: Peer, other: Endpoint, other_i
 
 
 def rule_matches(
-    world: World, namespace: str, rule: Rule, other: Endpoint, other_ip: IPAddress | None,
-    port: int, protocol: str, target: Pod | None,
+    world: World,
+    namespace: str,
+    rule: Rule,
+    other: Endpoint,
+    other_ip: IPAddress | None,
+    port: int,
+    protocol: str,
+    target: Pod | None,
 ) -> bool:
     peers_ok = not rule.peers or any(peer_matches(world, namespace, p, other, other_ip) for p in rule.peers)
     return peers_ok and ports_match(rule.ports, port, protocol, target)
@@ -164,8 +170,13 @@ def admin_peer_matches(world: World, s: AdminSelector, other: Endpoint, other_ip
 
 
 def admin_rule_matches(
-    world: World, rule: AdminRule, other: Endpoint, other_ip: IPAddress | None,
-    port: int, protocol: str, target: Pod | None,
+    world: World,
+    rule: AdminRule,
+    other: Endpoint,
+    other_ip: IPAddress | None,
+    port: int,
+    protocol: str,
+    target: Pod | None,
 ) -> bool:
     return any(admin_peer_matches(world, s, other, other_ip) for s in rule.peers) and ports_match(
         rule.ports, port, protocol, target
@@ -193,8 +204,14 @@ def isolating(world: World, pod: Pod, direction: str) -> list[NetworkPolicy]:
 
 
 def _direction(
-    world: World, direction: str, subject: Pod, other: Endpoint, other_ip: IPAddress | None,
-    port: int, protocol: str, target: Pod | None,
+    world: World,
+    direction: str,
+    subject: Pod,
+    other: Endpoint,
+    other_ip: IPAddress | None,
+    port: int,
+    protocol: str,
+    target: Pod | None,
 ) -> Step:
     passed: list[RuleRef] = []
     for anp in admin_order(world):

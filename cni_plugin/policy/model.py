@@ -683,8 +683,15 @@ def parse_pod(obj: dict[str, Any], default_namespace: str | None = None) -> Pod:
     if not ips and status.get("podIP"):
         ips.append(_parse_ip(status["podIP"], "status.podIP"))
     node = spec.get("nodeName")
-    return Pod(ns, name, labels, tuple(ips), tuple(ports), node if isinstance(node, str) else None,
-               bool(spec.get("hostNetwork", False)))
+    return Pod(
+        ns,
+        name,
+        labels,
+        tuple(ips),
+        tuple(ports),
+        node if isinstance(node, str) else None,
+        bool(spec.get("hostNetwork", False)),
+    )
 
 
 def parse_namespace(obj: dict[str, Any]) -> Namespace:

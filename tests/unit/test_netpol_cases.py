@@ -64,3 +64,23 @@ def test_harness_can_fail() -> None:
     case = next(c for c in CASES if c.file == "tcp-should-support-a-default-deny-all-policy.yaml")
     step = next(ns.steps(case))
     assert _diff(step.matrix, {k: True for k in step.matrix})
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_case_through_compiled_node_models(case: ns.Case) -> None:
+    # What the nodes would enforce: each node's compiled model (its own pods only), the
+    # connection walked through the source node's egress chain and the destination node's
+    # ingress chain.
+    from cni_plugin.policy.compile import compile_node, simulate
+
+    for step in ns.steps(case):
+        models = [compile_node(step.world, node) for node in ("node-1", "node-2")]
+        assert sum(len(m.pods) for m in models) == 9
+        pods = {p.key: p for p in step.world.pods}
+        observed = {
+            (f, t): simulate(models, pods[f].ips[0], pods[t].ips[0], step.port, step.protocol).allowed
+            for f in ns.PODS
+            for t in ns.PODS
+        }
+        wrong = _diff(step.matrix, observed)
+        assert not wrong, f"step {step.index} ({step.port}/{step.protocol}): " + "; ".join(wrong)
