@@ -319,7 +319,11 @@ def verdict(
 
     if not isinstance(dst, Pod) or dst.host_network:
         ingress = Step("ingress", True, TIER_NOT_POD)
-    elif isinstance(src, Node) and src.name == dst.node_name:
+    elif (isinstance(src, Node) and src.name == dst.node_name) or (
+        isinstance(src, Pod) and src.host_network and src.node_name == dst.node_name
+    ):
+        # The node itself (kubelet probes) or a host-network pod of the same node: the node's
+        # own address, never filtered (compile.py accepts `fib saddr type local`).
         ingress = Step("ingress", True, TIER_NODE)
     else:
         ingress = _direction(world, "ingress", dst, src, src_ip, port, protocol, dst)
