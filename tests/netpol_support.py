@@ -59,8 +59,10 @@ def cases() -> list[Case]:
     return out
 
 
-def base_world(case: Case, topo: dict[str, Any] | None = None) -> m.World:
+def base_world(case: Case, topo: dict[str, Any] | None = None, family: int = 4) -> m.World:
+    """The cluster for a case; family 6 gives every pod and node its IPv6 address instead."""
     topo = topo or cluster()
+    ip_key, node_key = ("ip", "address") if family == 4 else ("ip6", "address6")
     namespaces = tuple(
         m.parse_namespace({"metadata": {"name": name, "labels": labels}}) for name, labels in topo["namespaces"].items()
     )
@@ -72,9 +74,9 @@ def base_world(case: Case, topo: dict[str, Any] | None = None) -> m.World:
     pods = []
     for key, place in topo["pods"].items():
         ns, name = key.split("/")
-        pods.append(m.Pod(ns, name, (("pod", name),), (ipaddress.ip_address(place["ip"]),), ports, place["node"]))
+        pods.append(m.Pod(ns, name, (("pod", name),), (ipaddress.ip_address(place[ip_key]),), ports, place["node"]))
     nodes = tuple(
-        m.Node(name, (("kubernetes.io/hostname", name),), (ipaddress.ip_address(n["address"]),))
+        m.Node(name, (("kubernetes.io/hostname", name),), (ipaddress.ip_address(n[node_key]),))
         for name, n in topo["nodes"].items()
     )
     return m.World(pods=tuple(pods), namespaces=namespaces, nodes=nodes)
@@ -167,8 +169,8 @@ def expected_from_ops(ops: list[dict[str, Any]]) -> dict[tuple[str, str], bool]:
     return table
 
 
-def steps(case: Case) -> Iterator[Step]:
-    world = base_world(case)
+def steps(case: Case, family: int = 4) -> Iterator[Step]:
+    world = base_world(case, family=family)
     for i, raw in enumerate(case.raw["steps"]):
         for action in raw.get("actions", []):
             world = apply_action(world, action)

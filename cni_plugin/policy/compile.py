@@ -568,3 +568,66 @@ def simulate(
     else:
         ingress = run_chain(d[0], d[1], "ingress", src, port, protocol)
     return ev.Decision(egress.allowed and ingress.allowed, egress, ingress, *names)
+
+
+# ----------------------------------------------------------------------------------------------
+# incremental updates and reading back what the kernel has
+
+
+def render_nft_delta(old: NodeModel, new: NodeModel) -> str | None:
+    """When only set CONTENTS differ (a pod joined or left a selector, a pod address changed),
+    the transaction that adds and deletes just those elements; None when chains, rules, sets'
+    existence, counters or veth mappings differ (then render_nft() resyncs everything)."""
+    if (
+        chain_bodies(old) != chain_bodies(new)
+        or [(s.name, s.family, s.ports is None) for s in old.sets]
+        != [(s.name, s.family, s.ports is None) for s in new.sets]
+        or old.counters != new.counters
+        or [(p.pod, p.ifname) for p in old.pods] != [(p.pod, p.ifname) for p in new.pods]
+    ):
+        return None
+    lines: list[str] = []
+    for so, sn in zip(old.sets, new.sets, strict=True):
+        before, after = _elements(so), _elements(sn)
+        gone = [e for e in before if e not in after]
+        added = [e for e in after if e not in before]
+        if gone:
+            lines.append(f"delete element {TABLE} {sn.name} {{ {', '.join(gone)} }}")
+        if added:
+            lines.append(f"add element {TABLE} {sn.name} {{ {', '.join(added)} }}")
+    return "\n".join(lines) + "\n" if lines else ""
+
+
+def _listing_items(listing: Mapping[str, object]) -> list[tuple[str, dict[str, object]]]:
+    out = []
+    items = listing.get("nftables", [])
+    for item in items if isinstance(items, list) else []:
+        if not isinstance(item, dict):
+            continue
+        for kind, body in item.items():
+            if isinstance(body, dict) and body.get("family") == "inet" and body.get("table") == "pycni":
+                out.append((kind, body))
+    return out
+
+
+def names_from_listing(listing: Mapping[str, object]) -> set[str]:
+    """The policy objects (chains, sets, maps, counters starting with "np") in an `nft -j list
+    table inet pycni` answer: the `existing` argument of render_nft()."""
+    return {
+        str(body["name"])
+        for kind, body in _listing_items(listing)
+        if kind in ("chain", "set", "map", "counter") and str(body.get("name", "")).startswith(PREFIX)
+    }
+
+
+def counters_from_listing(listing: Mapping[str, object]) -> dict[str, tuple[int, int]]:
+    """Drop counters (name -> (packets, bytes)) from an `nft -j list table inet pycni` answer."""
+    out = {}
+    for kind, body in _listing_items(listing):
+        if kind == "counter" and str(body.get("name", "")).startswith("np_c_"):
+            packets, nbytes = body.get("packets", 0), body.get("bytes", 0)
+            out[str(body["name"])] = (
+                int(packets) if isinstance(packets, int) else 0,
+                int(nbytes) if isinstance(nbytes, int) else 0,
+            )
+    return out

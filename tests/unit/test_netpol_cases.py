@@ -52,9 +52,10 @@ def _diff(expected: dict[tuple[str, str], bool], observed: dict[tuple[str, str],
     ]
 
 
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_case_through_verdict(case: ns.Case) -> None:
-    for step in ns.steps(case):
+def test_case_through_verdict(case: ns.Case, family: int) -> None:
+    for step in ns.steps(case, family):
         wrong = _diff(step.matrix, _observed(step))
         assert not wrong, f"step {step.index} ({step.port}/{step.protocol}): " + "; ".join(wrong)
 
@@ -66,14 +67,15 @@ def test_harness_can_fail() -> None:
     assert _diff(step.matrix, {k: True for k in step.matrix})
 
 
+@pytest.mark.parametrize("family", [4, 6], ids=["ipv4", "ipv6"])
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_case_through_compiled_node_models(case: ns.Case) -> None:
+def test_case_through_compiled_node_models(case: ns.Case, family: int) -> None:
     # What the nodes would enforce: each node's compiled model (its own pods only), the
     # connection walked through the source node's egress chain and the destination node's
     # ingress chain.
     from cni_plugin.policy.compile import compile_node, simulate
 
-    for step in ns.steps(case):
+    for step in ns.steps(case, family):
         models = [compile_node(step.world, node) for node in ("node-1", "node-2")]
         assert sum(len(m.pods) for m in models) == 9
         pods = {p.key: p for p in step.world.pods}
