@@ -12,14 +12,17 @@ masquerade, portmap and firewall objects there are never touched):
 
     chain np_forward { type filter hook forward priority filter + 5; policy accept;
         ct state established,related accept      replies of allowed connections
+        icmpv6 type { nd-* } accept               neighbour discovery is never policy's business
         fib saddr type local accept               the node's own addresses (probes, node-local)
-        iifname vmap @np_egress                   a local pod sends: its egress chain (returns
-                                                  when allowed, so the ingress check still runs)
-        oifname vmap @np_ingress }                a local pod receives: its ingress chain
+        ip saddr vmap @np_egress4                 a local pod sends: its egress chain (it returns
+        ip6 saddr vmap @np_egress6                when allowed, so the ingress check still runs)
+        ip daddr vmap @np_ingress4                a local pod receives: its ingress chain
+        ip6 daddr vmap @np_ingress6 }
     chain np_input  { type filter hook input priority filter + 5; policy accept;
-        ct state established,related accept
-        iifname vmap @np_egress }                 a pod's egress to the node itself
-    map np_egress / np_ingress { type ifname : verdict; }   host veth -> jump the pod's chain
+        ct state established,related accept; icmpv6 nd-* accept
+        ip saddr vmap @np_egress4; ip6 saddr vmap @np_egress6 }   a pod's egress to the node
+    map np_egress4 / np_ingress4 { type ipv4_addr : verdict; }   pod address -> jump its chain
+    map np_egress6 / np_ingress6 { type ipv6_addr : verdict; }
     chain np_e_<h(pod)> / np_i_<h(pod)>            the pod's egress / ingress chain
     chain np_et_<h(pod)> / np_it_<h(pod)>          its NetworkPolicy+BANP tier, when ANP rules
                                                   select the pod (an ANP Pass jumps here)
@@ -28,6 +31,14 @@ masquerade, portmap and firewall objects there are never touched):
                                                   an egress named port: (pod address, protocol,
                                                   its container port of that name)
     counter np_c_<h(policy)>                       drops decided by that policy
+
+Why by address (layout "address", the default) and not by the pod's host veth: pycni's pods sit
+on a Linux bridge, and the IP layer sees the bridge as iif/oif, never the port; traffic between
+pods of one bridge reaches the inet hooks only through br_netfilter (net.bridge.bridge-nf-call-
+iptables/ip6tables=1 in the node's namespace). The bridge family would see the ports, but its
+conntrack needs nf_conntrack_bridge, which kernels may lack. Layout "ifname" dispatches by the
+host veth (iifname/oifname vmaps np_egress / np_ingress) for pods on routed veths.
+Pod source addresses are trusted as the pod's: anti-spoofing is the bridge's macspoofchk/rp_filter.
 
 Node traffic is not hooked on output: the node talking to its own pods is always allowed.
 `h(x)` is the first 12 hex digits of sha256(x); every name is at most 19 characters (within the
@@ -47,8 +58,6 @@ from .model import AdminPolicy, AdminSelector, IPAddress, IPNetwork, NetworkPoli
 TABLE = "inet pycni"
 FORWARD = "np_forward"
 INPUT = "np_input"
-EGRESS_MAP = "np_egress"
-INGRESS_MAP = "np_ingress"
 PREFIX = "np"
 PROTO_NUM = {"TCP": 6, "UDP": 17, "SCTP": 132}
 
@@ -319,11 +328,18 @@ def families_of(world: World) -> tuple[int, ...]:
     return tuple(sorted(fams)) or (4,)
 
 
-def compile_node(world: World, node: str | None, ifnames: Mapping[str, str] | None = None) -> NodeModel:
+def compile_node(
+    world: World,
+    node: str | None,
+    ifnames: Mapping[str, str] | None = None,
+    local_addresses: Iterable[IPAddress] = (),
+) -> NodeModel:
     """The enforcement model of `node` (None: every pod of the world, for tests and explain).
 
     ifnames maps a pod key (ns/name) to its host-side veth; a pod without one gets its chains but
-    no map element yet (the plugin installs it at ADD, before the pod's first packet)."""
+    no map element yet (the plugin installs it at ADD, before the pod's first packet).
+    local_addresses: the node's own addresses beyond its Node object's (the bridge gateways):
+    traffic from them to a local pod is the node's own, always allowed."""
     ifnames = ifnames or {}
     b = _Builder(world, families_of(world))
     pods = []
@@ -335,7 +351,8 @@ def compile_node(world: World, node: str | None, ifnames: Mapping[str, str] | No
         )
     me = world.node(node) if node is not None else None
     sets = tuple(sorted(b.sets.values(), key=lambda s: s.name))
-    return NodeModel(node, me.addresses if me else (), b.families, tuple(pods), sets, tuple(sorted(b.counters.items())))
+    own = tuple(dict.fromkeys((*(me.addresses if me else ()), *local_addresses)))
+    return NodeModel(node, own, b.families, tuple(pods), sets, tuple(sorted(b.counters.items())))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -405,13 +422,45 @@ def chain_bodies(model: NodeModel) -> dict[str, list[str]]:
     return out
 
 
-def object_names(model: NodeModel) -> set[str]:
+LAYOUTS = ("address", "ifname")
+# Neighbour discovery is IPv6's ARP: policies never filter it (an isolated pod must still resolve
+# its peers and its gateway), so it is accepted before any pod chain.
+_ND = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept"
+
+
+def map_names(layout: str) -> dict[str, str]:
+    """The dispatch maps: key (egress4, ingress6, ... or egress/ingress) -> name."""
+    if layout == "ifname":
+        return {"egress": "np_egress", "ingress": "np_ingress"}
+    if layout == "address":
+        return {f"{d}{f}": f"np_{d}{f}" for d in ("egress", "ingress") for f in (4, 6)}
+    raise ValueError(f"layout must be one of {LAYOUTS}, not {layout!r}")
+
+
+def _base_chains(layout: str) -> dict[str, tuple[str, list[str]]]:
+    """The hooked dispatcher chains: name -> (hook, rules)."""
+    est = "ct state established,related accept"
+    maps = map_names(layout)
+    if layout == "ifname":
+        # Pods on routed veths: the IP layer sees the pod's own veth as iif/oif.
+        send = [f"iifname vmap @{maps['egress']}"]
+        receive = [f"oifname vmap @{maps['ingress']}"]
+    else:
+        # Pods on a bridge: the IP layer sees the bridge, not the port (and sees bridged frames at
+        # all only with br_netfilter), so the pod is found by its address.
+        send = [f"ip saddr vmap @{maps['egress4']}", f"ip6 saddr vmap @{maps['egress6']}"]
+        receive = [f"ip daddr vmap @{maps['ingress4']}", f"ip6 daddr vmap @{maps['ingress6']}"]
+    return {
+        FORWARD: ("forward", [est, _ND, "fib saddr type local accept", *send, *receive]),
+        INPUT: ("input", [est, _ND, *send]),
+    }
+
+
+def object_names(model: NodeModel, layout: str = "address") -> set[str]:
     """Every policy object the model's script declares (chains, maps, sets, counters)."""
     return {
-        FORWARD,
-        INPUT,
-        EGRESS_MAP,
-        INGRESS_MAP,
+        *_base_chains(layout),
+        *map_names(layout).values(),
         *chain_bodies(model),
         *(s.name for s in model.sets),
         *(c for c, _ in model.counters),
@@ -424,66 +473,77 @@ def _elements(s: AddrSet) -> list[str]:
     return [str(n.network_address) if n.prefixlen == n.max_prefixlen else str(n) for n in s.networks]
 
 
-def render_nft(model: NodeModel, existing: Iterable[str] = ()) -> str:
+def _dispatch_elements(model: NodeModel, layout: str) -> dict[str, list[str]]:
+    """Map name -> elements: which pod chain a packet of a local pod jumps to."""
+    maps = map_names(layout)
+    out: dict[str, list[str]] = {name: [] for name in maps.values()}
+    for p in model.pods:
+        for d in ("egress", "ingress"):
+            if layout == "ifname":
+                if p.ifname:
+                    out[maps[d]].append(f'"{p.ifname}" : jump {p.chains[d]}')
+            else:
+                for a in p.addresses:
+                    out[maps[f"{d}{a.version}"]].append(f"{a} : jump {p.chains[d]}")
+    return out
+
+
+def render_nft(model: NodeModel, existing: Iterable[str] = (), layout: str = "address") -> str:
     """One atomic transaction (`nft -f`): declare every policy object (a no-op where it exists),
     flush pycni's policy chains, maps and sets, fill them again, and delete the policy objects in
     `existing` (names listed from the table, starting with "np") that the model no longer has.
-    Counters are declared, never reset, so `pycni policy stats` survives resyncs."""
+    Counters are declared, never reset, so `pycni policy stats` survives resyncs.
+
+    layout "address" (pods on a bridge; needs br_netfilter for pods of the same bridge): packets
+    reach a pod's chains by the pod's address; "ifname" (pods on routed veths): by its host veth
+    name. The per-pod chains are the same in both."""
     t = TABLE
     bodies = chain_bodies(model)
+    base = _base_chains(layout)
+    maps = map_names(layout)
     lines = [f"add table {t}"]
-    lines.append(f"add chain {t} {FORWARD} {{ type filter hook forward priority filter + 5; policy accept; }}")
-    lines.append(f"add chain {t} {INPUT} {{ type filter hook input priority filter + 5; policy accept; }}")
+    for name, (hook, _) in base.items():
+        lines.append(f"add chain {t} {name} {{ type filter hook {hook} priority filter + 5; policy accept; }}")
     # Counter objects carry no comment (older nft cannot parse one): model.counters maps name to
     # policy for `pycni policy stats`.
     for c, _label in model.counters:
         lines.append(f"add counter {t} {c}")
-    for s in model.sets:
-        if s.ports is not None:
-            typ = f"{'ipv4_addr' if s.family == 4 else 'ipv6_addr'} . inet_proto . inet_service"
-            lines.append(f"add set {t} {s.name} {{ type {typ}; comment {_q(s.comment)}; }}")
+    for st in model.sets:
+        if st.ports is not None:
+            typ = f"{'ipv4_addr' if st.family == 4 else 'ipv6_addr'} . inet_proto . inet_service"
+            lines.append(f"add set {t} {st.name} {{ type {typ}; comment {_q(st.comment)}; }}")
         else:
-            typ = "ipv4_addr" if s.family == 4 else "ipv6_addr"
-            lines.append(f"add set {t} {s.name} {{ type {typ}; flags interval; comment {_q(s.comment)}; }}")
+            typ = "ipv4_addr" if st.family == 4 else "ipv6_addr"
+            lines.append(f"add set {t} {st.name} {{ type {typ}; flags interval; comment {_q(st.comment)}; }}")
     for name in bodies:
         lines.append(f"add chain {t} {name}")
-    lines.append(f"add map {t} {EGRESS_MAP} {{ type ifname : verdict; }}")
-    lines.append(f"add map {t} {INGRESS_MAP} {{ type ifname : verdict; }}")
+    for key, name in maps.items():
+        typ = "ifname" if layout == "ifname" else ("ipv4_addr" if key.endswith("4") else "ipv6_addr")
+        lines.append(f"add map {t} {name} {{ type {typ} : verdict; }}")
     # Flush, then refill: one transaction, so no packet sees a half-written state.
-    lines += [
-        f"flush chain {t} {FORWARD}",
-        f"flush chain {t} {INPUT}",
-        f"flush map {t} {EGRESS_MAP}",
-        f"flush map {t} {INGRESS_MAP}",
-    ]
-    lines += [f"flush set {t} {s.name}" for s in model.sets]
+    lines += [f"flush chain {t} {name}" for name in base]
+    lines += [f"flush map {t} {name}" for name in maps.values()]
+    lines += [f"flush set {t} {st.name}" for st in model.sets]
     lines += [f"flush chain {t} {name}" for name in bodies]
-    for s in model.sets:
-        elems = _elements(s)
+    for st in model.sets:
+        elems = _elements(st)
         if elems:
-            lines.append(f"add element {t} {s.name} {{ {', '.join(elems)} }}")
+            lines.append(f"add element {t} {st.name} {{ {', '.join(elems)} }}")
     for name, rules in bodies.items():
         lines += [f"add rule {t} {name} {r}" for r in rules]
-    eg = [f'"{p.ifname}" : jump {p.chains["egress"]}' for p in model.pods if p.ifname]
-    ing = [f'"{p.ifname}" : jump {p.chains["ingress"]}' for p in model.pods if p.ifname]
-    if eg:
-        lines.append(f"add element {t} {EGRESS_MAP} {{ {', '.join(eg)} }}")
-        lines.append(f"add element {t} {INGRESS_MAP} {{ {', '.join(ing)} }}")
-    lines += [
-        f"add rule {t} {FORWARD} ct state established,related accept",
-        f"add rule {t} {FORWARD} fib saddr type local accept",
-        f"add rule {t} {FORWARD} iifname vmap @{EGRESS_MAP}",
-        f"add rule {t} {FORWARD} oifname vmap @{INGRESS_MAP}",
-        f"add rule {t} {INPUT} ct state established,related accept",
-        f"add rule {t} {INPUT} iifname vmap @{EGRESS_MAP}",
-    ]
-    keep = object_names(model)
+    for name, elems in _dispatch_elements(model, layout).items():
+        if elems:
+            lines.append(f"add element {t} {name} {{ {', '.join(elems)} }}")
+    for name, (_, rules) in base.items():
+        lines += [f"add rule {t} {name} {r}" for r in rules]
+    keep = object_names(model, layout)
     stale = sorted(n for n in set(existing) if n.startswith(PREFIX) and n not in keep)
     stale_chains = [n for n in stale if n.startswith(("np_e_", "np_i_", "np_et_", "np_it_"))]
     # A chain must be empty before it is deleted; sets and counters go once no rule names them.
     lines += [f"flush chain {t} {n}" for n in stale_chains]
     lines += [f"delete chain {t} {n}" for n in stale_chains]
     lines += [f"delete set {t} {n}" for n in stale if n.startswith(("np4_", "np6_", "npq4_", "npq6_"))]
+    lines += [f"delete map {t} {n}" for n in stale if n.startswith(("np_egress", "np_ingress"))]
     lines += [f"delete counter {t} {n}" for n in stale if n.startswith("np_c_")]
     return "\n".join(lines) + "\n"
 
@@ -574,7 +634,7 @@ def simulate(
 # incremental updates and reading back what the kernel has
 
 
-def render_nft_delta(old: NodeModel, new: NodeModel) -> str | None:
+def render_nft_delta(old: NodeModel, new: NodeModel, layout: str = "address") -> str | None:
     """When only set CONTENTS differ (a pod joined or left a selector, a pod address changed),
     the transaction that adds and deletes just those elements; None when chains, rules, sets'
     existence, counters or veth mappings differ (then render_nft() resyncs everything)."""
@@ -583,18 +643,19 @@ def render_nft_delta(old: NodeModel, new: NodeModel) -> str | None:
         or [(s.name, s.family, s.ports is None) for s in old.sets]
         != [(s.name, s.family, s.ports is None) for s in new.sets]
         or old.counters != new.counters
-        or [(p.pod, p.ifname) for p in old.pods] != [(p.pod, p.ifname) for p in new.pods]
+        or _dispatch_elements(old, layout) != _dispatch_elements(new, layout)
     ):
         return None
+    t = TABLE
     lines: list[str] = []
     for so, sn in zip(old.sets, new.sets, strict=True):
         before, after = _elements(so), _elements(sn)
         gone = [e for e in before if e not in after]
         added = [e for e in after if e not in before]
         if gone:
-            lines.append(f"delete element {TABLE} {sn.name} {{ {', '.join(gone)} }}")
+            lines.append(f"delete element {t} {sn.name} {{ {', '.join(gone)} }}")
         if added:
-            lines.append(f"add element {TABLE} {sn.name} {{ {', '.join(added)} }}")
+            lines.append(f"add element {t} {sn.name} {{ {', '.join(added)} }}")
     return "\n".join(lines) + "\n" if lines else ""
 
 
@@ -621,7 +682,7 @@ def names_from_listing(listing: Mapping[str, object]) -> set[str]:
 
 
 def counters_from_listing(listing: Mapping[str, object]) -> dict[str, tuple[int, int]]:
-    """Drop counters (name -> (packets, bytes)) from an `nft -j list table inet pycni` answer."""
+    """Drop counters (name -> (packets, bytes)) from an `nft -j list table` answer."""
     out = {}
     for kind, body in _listing_items(listing):
         if kind == "counter" and str(body.get("name", "")).startswith("np_c_"):

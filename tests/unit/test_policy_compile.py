@@ -131,33 +131,50 @@ def test_named_ports_resolve_at_the_destination() -> None:
     assert (ipaddress.ip_address("10.244.1.2"), "TCP", 8080) in elems
 
 
-def test_script_structure() -> None:
+@pytest.mark.parametrize("layout", pc.LAYOUTS)
+def test_script_structure(layout: str) -> None:
     world = _rich_world()
     model = pc.compile_node(world, "n1", _ifnames(world))
-    script = pc.render_nft(model)
+    script = pc.render_nft(model, layout=layout)
+    table = "inet pycni"
     lines = script.splitlines()
     # nothing outside pycni's table, and only policy objects of it
     for ln in lines:
         words = ln.split()
         assert words[1] in ("table", "chain", "rule", "set", "map", "element", "counter"), ln
-        assert " ".join(words[2:4]) == "inet pycni", ln
+        assert " ".join(words[2:4]) == table, ln
         if words[1] != "table":
             assert words[4].startswith("np"), ln
-    assert lines[0] == "add table inet pycni"
-    fwd = [ln for ln in lines if ln.startswith("add rule inet pycni np_forward ")]
-    assert fwd[0].endswith("ct state established,related accept")
-    assert fwd[1].endswith("fib saddr type local accept")
-    assert "iifname vmap @np_egress" in fwd[2] and "oifname vmap @np_ingress" in fwd[3]
+    assert lines[0] == f"add table {table}"
+    fwd = [
+        ln.removeprefix(f"add rule {table} np_forward ")
+        for ln in lines
+        if ln.startswith(f"add rule {table} np_forward ")
+    ]
+    assert fwd[0] == "ct state established,related accept"
+    assert fwd[1].startswith("icmpv6 type { nd-neighbor-solicit")
+    assert fwd[2] == "fib saddr type local accept"
+    chains = pc.chain_names("x/a")
+    if layout == "ifname":
+        assert fwd[3:] == ["iifname vmap @np_egress", "oifname vmap @np_ingress"]
+        assert f'add element {table} np_ingress {{ "{_ifnames(world)["x/a"]}" : jump {chains["ingress"]} }}' in lines
+    else:
+        assert fwd[3:] == [
+            "ip saddr vmap @np_egress4",
+            "ip6 saddr vmap @np_egress6",
+            "ip daddr vmap @np_ingress4",
+            "ip6 daddr vmap @np_ingress6",
+        ]
+        assert f"add element {table} np_ingress4 {{ 10.244.1.2 : jump {chains['ingress']} }}" in lines
+        assert f"add element {table} np_egress6 {{ fd00::2 : jump {chains['egress']} }}" in lines
     # every chain is flushed before it is refilled
     first_rule = min(i for i, ln in enumerate(lines) if ln.startswith("add rule"))
     for chain in pc.chain_bodies(model):
-        assert lines.index(f"flush chain inet pycni {chain}") < first_rule
-    chains = pc.chain_names("x/a")
-    assert f'add element inet pycni np_ingress {{ "{_ifnames(world)["x/a"]}" : jump {chains["ingress"]} }}' in lines
+        assert lines.index(f"flush chain {table} {chain}") < first_rule
     # drop counters per policy; an ANP Pass jumps to the pod's NetworkPolicy tier
     assert re.search(r'counter name "np_c_\w+" drop comment "isolated by x/web"', script)
     assert f"goto {chains['ingress_tier']}" in script
-    assert f"add rule inet pycni {chains['egress']} ip daddr @" in script
+    assert f"add rule {table} {chains['egress']} ip daddr @" in script
 
 
 def test_stale_objects_are_deleted_after_the_maps_are_flushed() -> None:
@@ -168,7 +185,7 @@ def test_stale_objects_are_deleted_after_the_maps_are_flushed() -> None:
     assert lines.index("flush chain inet pycni np_i_000000000000") < lines.index(
         "delete chain inet pycni np_i_000000000000"
     )
-    assert lines.index("flush map inet pycni np_ingress") < lines.index("delete chain inet pycni np_i_000000000000")
+    assert lines.index("flush map inet pycni np_ingress4") < lines.index("delete chain inet pycni np_i_000000000000")
     assert "delete set inet pycni np4_000000000000" in lines
     assert "delete counter inet pycni np_c_000000000000" in lines
     assert not any("masq_0123" in ln for ln in lines)
@@ -220,11 +237,12 @@ needs_nft = pytest.mark.skipif(
 
 
 @needs_nft
-def test_rendered_script_is_valid_nft() -> None:
+@pytest.mark.parametrize("layout", pc.LAYOUTS)
+def test_rendered_script_is_valid_nft(layout: str) -> None:
     world = _rich_world()
     for node in ("n1", "n2"):
         model = pc.compile_node(world, node, _ifnames(world))
-        res = _nft_check(pc.render_nft(model))
+        res = _nft_check(pc.render_nft(model, layout=layout))
         assert res.returncode == 0, res.stderr
 
 
@@ -239,8 +257,9 @@ def test_rendered_script_is_valid_nft() -> None:
 )
 def test_conformance_worlds_render_valid_nft(file: str) -> None:
     world = _case_world(file)
-    res = _nft_check(pc.render_nft(pc.compile_node(world, "node-1", _ifnames(world))))
-    assert res.returncode == 0, res.stderr
+    for layout in pc.LAYOUTS:
+        res = _nft_check(pc.render_nft(pc.compile_node(world, "node-1", _ifnames(world)), layout=layout))
+        assert res.returncode == 0, res.stderr
 
 
 @needs_nft
@@ -255,7 +274,8 @@ def test_replace_keeps_world_index() -> None:
 
 
 @needs_nft
-def test_resync_replaces_atomically_in_a_private_netns(tmp_path) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize("layout", pc.LAYOUTS)
+def test_resync_replaces_atomically_in_a_private_netns(tmp_path, layout: str) -> None:  # type: ignore[no-untyped-def]
     # Load a model, load it again (idempotent), then a model without x/a with the first model's
     # names as `existing`: x/a's chains and now-unused sets go, and the masquerade objects another
     # pycni part keeps in the same table stay.
@@ -263,11 +283,12 @@ def test_resync_replaces_atomically_in_a_private_netns(tmp_path) -> None:  # typ
     first = pc.compile_node(world, None, _ifnames(world))
     smaller = replace(world, pods=tuple(p for p in world.pods if p.key != "x/a"), policies=())
     second = pc.compile_node(smaller, None, _ifnames(smaller))
-    (tmp_path / "other.nft").write_text("add table inet pycni\nadd chain inet pycni masq_keep\n")
-    (tmp_path / "a.nft").write_text(pc.render_nft(first))
-    (tmp_path / "b.nft").write_text(pc.render_nft(second, pc.object_names(first)))
+    t = "inet pycni"
+    (tmp_path / "other.nft").write_text(f"add table {t}\nadd chain {t} masq_keep\n")
+    (tmp_path / "a.nft").write_text(pc.render_nft(first, layout=layout))
+    (tmp_path / "b.nft").write_text(pc.render_nft(second, pc.object_names(first, layout), layout))
     files = ("other", "a", "a", "b")
-    script = " && ".join(f"nft -f {tmp_path}/{f}.nft" for f in files) + " && nft list table inet pycni"
+    script = " && ".join(f"nft -f {tmp_path}/{f}.nft" for f in files) + f" && nft list table {t}"
     res = subprocess.run(["unshare", "--net", "sh", "-c", script], text=True, capture_output=True, timeout=30)
     assert res.returncode == 0, res.stderr
     listing = res.stdout
