@@ -118,7 +118,8 @@ def _world(c: dict) -> m.World:
     docs = [
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: x, labels: {ns: x}}",
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: y, labels: {ns: y}}",
-        f"apiVersion: v1\nkind: Node\nmetadata: {{name: n1}}\nstatus: {{addresses: [{{type: InternalIP, address: {c['gw']}}}]}}",
+        "apiVersion: v1\nkind: Node\nmetadata: {name: n1}\n"
+        f"status: {{addresses: [{{type: InternalIP, address: {c['gw']}}}]}}",
     ]
     for key, (_, ip, _) in c["pods"].items():
         ns, name = key.split("/")
