@@ -64,37 +64,48 @@ def _sh(*argv: str) -> None:
     subprocess.run(argv, check=True, capture_output=True, text=True)
 
 
-@pytest.fixture
-def cluster(netns_factory) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+@pytest.fixture(params=[4, 6], ids=["ipv4", "ipv6"])
+def cluster(netns_factory, request) -> Iterator[dict]:  # type: ignore[no-untyped-def]
+    family = request.param
     node: Netns = netns_factory("pycni-np-node")
     other: Netns = netns_factory("pycni-np-other")
-    pods_net = free_subnet(4, 24)
-    link_net = free_subnet(4, 30)
-    hosts = list(pods_net.hosts())
-    gw, link = hosts[0], list(link_net.hosts())
+    pods_net = free_subnet(family, 24 if family == 4 else 64)
+    link_net = free_subnet(family, 30 if family == 4 else 126)
+    hosts = [pods_net[i] for i in range(1, 20)]
+    gw, link = hosts[0], [link_net[1], link_net[2]]
+    nodad = [] if family == 4 else ["nodad"]
     n = node.name
     _sh("ip", "-n", n, "link", "add", "br-np", "type", "bridge")
-    _sh("ip", "-n", n, "addr", "add", f"{gw}/{pods_net.prefixlen}", "dev", "br-np")
+    _sh("ip", "-n", n, "addr", "add", f"{gw}/{pods_net.prefixlen}", "dev", "br-np", *nodad)
     _sh("ip", "-n", n, "link", "set", "br-np", "up")
-    _sh("ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+    _sh("ip", "netns", "exec", n, "sysctl", "-qw", "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1")
     # Pods of one bridge reach the inet hooks only through br_netfilter (see compile.py).
-    _sh("ip", "netns", "exec", n, "sysctl", "-qw", "net.bridge.bridge-nf-call-iptables=1")
-    pods: dict[str, tuple[Netns, ipaddress.IPv4Address, str]] = {}
+    _sh(
+        "ip",
+        "netns",
+        "exec",
+        n,
+        "sysctl",
+        "-qw",
+        "net.bridge.bridge-nf-call-iptables=1",
+        "net.bridge.bridge-nf-call-ip6tables=1",
+    )
+    pods: dict[str, tuple[Netns, ipaddress.IPv4Address | ipaddress.IPv6Address, str]] = {}
     for i, key in enumerate(["x/a", "x/b", "x/c", "y/a"]):
         pns: Netns = netns_factory("pycni-np-pod")
         ip = hosts[10 + i]
         host_if = f"vnp{i}{pns.name[-4:]}"
         _sh("ip", "-n", n, "link", "add", host_if, "type", "veth", "peer", "name", "eth0", "netns", pns.name)
         _sh("ip", "-n", n, "link", "set", host_if, "master", "br-np", "up")
-        _sh("ip", "-n", pns.name, "addr", "add", f"{ip}/{pods_net.prefixlen}", "dev", "eth0")
+        _sh("ip", "-n", pns.name, "addr", "add", f"{ip}/{pods_net.prefixlen}", "dev", "eth0", *nodad)
         _sh("ip", "-n", pns.name, "link", "set", "eth0", "up")
         _sh("ip", "-n", pns.name, "route", "add", "default", "via", str(gw))
         pods[key] = (pns, ip, host_if)
     # the "other node": routed through the fake node
     _sh("ip", "-n", n, "link", "add", "vnp-up", "type", "veth", "peer", "name", "eth0", "netns", other.name)
-    _sh("ip", "-n", n, "addr", "add", f"{link[0]}/30", "dev", "vnp-up")
+    _sh("ip", "-n", n, "addr", "add", f"{link[0]}/{link_net.prefixlen}", "dev", "vnp-up", *nodad)
     _sh("ip", "-n", n, "link", "set", "vnp-up", "up")
-    _sh("ip", "-n", other.name, "addr", "add", f"{link[1]}/30", "dev", "eth0")
+    _sh("ip", "-n", other.name, "addr", "add", f"{link[1]}/{link_net.prefixlen}", "dev", "eth0", *nodad)
     _sh("ip", "-n", other.name, "link", "set", "eth0", "up")
     _sh("ip", "-n", other.name, "route", "add", str(pods_net), "via", str(link[0]))
     servers = []
