@@ -360,7 +360,11 @@ def compile_node(
 
 
 def _q(text: str) -> str:
-    return '"' + text.replace("\\", "").replace('"', "'") + '"'
+    # nft refuses comments over 128 bytes: keep the start (the kind and name say the most).
+    text = text.replace("\\", "").replace('"', "'")
+    if len(text.encode()) > 128:
+        text = text.encode()[:125].decode(errors="ignore") + "..."
+    return '"' + text + '"'
 
 
 def _fam_kw(fam: int) -> str:

@@ -338,3 +338,33 @@ def test_listing_names_counters_and_delta_against_the_kernel(tmp_path) -> None: 
             }
     for s in ma.sets:
         assert sets[s.name] == set(pc._elements(s)), s.name
+
+
+def _many_policies_world() -> m.World:
+    pod = m.Pod("x", "a", (("app", "web"),), (ipaddress.ip_address("10.0.0.2"),), (), "n1")
+    pols = tuple(
+        m.parse_network_policy(
+            {
+                "metadata": {
+                    "name": f"a-rather-long-policy-name-that-operators-like-to-write-{i:03d}",
+                    "namespace": "x",
+                },
+                "spec": {"podSelector": {}, "ingress": [{"ports": [{"port": 1000 + i}]}]},
+            }
+        )
+        for i in range(30)
+    )
+    return m.World(pods=(pod,), policies=pols)
+
+
+def test_comments_fit_nft_limit() -> None:
+    script = pc.render_nft(pc.compile_node(_many_policies_world(), "n1"))
+    comments = re.findall(r'comment ("[^"]*")', script)
+    assert comments and all(len(c.encode()) - 2 <= 128 for c in comments)
+    assert any(c.endswith('..."') for c in comments)
+
+
+@needs_nft
+def test_many_isolating_policies_render_valid_nft() -> None:
+    res = _nft_check(pc.render_nft(pc.compile_node(_many_policies_world(), "n1")))
+    assert res.returncode == 0, res.stderr
