@@ -26,7 +26,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from . import invoke, netlink, netns
+from . import attachments, invoke, netlink, netns
 from .config import PassThroughModel, parse_config
 from .firewall import attachment_tag
 from .firewall.backend import Masquerade, SpoofCheck
@@ -42,9 +42,10 @@ from .spec.errors import (
     NetlinkFailure,
     NetnsNotFound,
     PluginNotAvailable,
+    TryAgainLater,
     UnsupportedField,
 )
-from .spec.skel import CmdArgs, Handlers, ifname_problem
+from .spec.skel import CmdArgs, Handlers, ifname_problem, parse_cni_args
 from .spec.types import DNS, Interface, IPConfig, Result, Route
 
 DEFAULT_BRIDGE = "cni0"
@@ -92,6 +93,9 @@ class BridgeConf(PassThroughModel):
     # pycni: the cluster controller's status file (pycni-agent writes it into the conflist it
     # generates); STATUS answers 50 while that node has no cluster subnet.
     cluster_status_file: str = Field("", alias="clusterStatusFile")
+    # pycni: where the attachment records for network policy go (attachments.py); "" = the
+    # default directory when pycni-agent enforces policy, else none.
+    attachments_dir: str = Field("", alias="attachmentsDir")
     ipam: IPAMSection = Field(default_factory=IPAMSection)
     dns: DNSSection | None = None
     args: dict[str, Any] | None = None
@@ -385,6 +389,7 @@ def add(args: CmdArgs) -> Result:
 
         if not host.wait_operstate_up(host_veth):
             raise NetlinkFailure(f"bridge port {host_veth} in error state", host.link(host_veth).operstate)
+        _record_attachment(conf, args, host_veth, plan, undo)
 
         pod_link = pod.link(args.ifname)
         host_link = host.link(host_veth)
@@ -402,6 +407,22 @@ def add(args: CmdArgs) -> Result:
         undo.disarm()
         return merge_prev(prev, ours)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _record_attachment(conf: BridgeConf, args: CmdArgs, host_veth: str, plan: L3Plan, undo: Undo) -> None:
+    """Record the pod for network policy and, when the agent enforces it, wait until the pod's
+    rules are in the kernel (attachments.py: isolation before the pod's first packet)."""
+    base = attachments.directory(conf.attachments_dir)
+    if base is None:
+        return
+    namespace, name = attachments.pod_identity(parse_cni_args(args.args) if args.args else {})
+    undo.push("remove the attachment record", attachments.remove, base, args.container_id, args.ifname)
+    attachments.record(base, args.container_id, args.ifname, namespace, name,
+                       [str(ip.address.ip) for ip in plan.ips], host_veth)
+    try:
+        attachments.sync(base, f"ADD {args.container_id}/{args.ifname}")
+    except attachments.SyncFailed as exc:
+        raise TryAgainLater("network policy is not in place for the pod yet", str(exc)) from exc
 
 
 # --- DEL: a sweep that always finishes ---------------------------------------------------------------
@@ -455,6 +476,11 @@ def delete(args: CmdArgs) -> None:
         sweep.run(spoofcheck().remove, conf.name, tag)
     if conf.layer3:
         sweep.run(invoke.delegate_del, conf.ipam.type, args)
+    base = attachments.directory(conf.attachments_dir)
+    if base is not None:
+        attachments.remove(base, args.container_id, args.ifname)
+        # The pod is gone; its rules go on the agent's next pass (best effort, never fails DEL).
+        attachments.sync(base, f"DEL {args.container_id}/{args.ifname}", required=False, timeout=2.0)
     sweep.finish()
 
 

@@ -3,6 +3,7 @@
     pycni ipam ls [--network N] [--data-dir D] [--json]
     pycni ipam gc --network N --valid FILE [--data-dir D] [--apply]
     pycni cluster config set|get, pycni cluster nodes   (cni_plugin/cluster/cli.py)
+    pycni apply|delete -f FILE, pycni policy explain|stats   (cni_plugin/cluster/policy_cli.py)
 
 `ls` only reads (no lock). `gc` prints what it would release and changes nothing unless --apply,
 which takes the network's IPAM lock like any plugin request. The --valid file is JSON: a list of
@@ -20,6 +21,7 @@ from typing import Any
 import click
 
 from .cluster import cli as cluster_cli
+from .cluster import policy_cli
 
 DEFAULT_DATA_DIR = "/var/lib/cni/networks"
 
@@ -136,6 +138,9 @@ def gc(network: str, valid_file, data_dir: str, apply: bool) -> None:
 
 
 main.add_command(cluster_cli.cluster)
+main.add_command(policy_cli.apply_command)
+main.add_command(policy_cli.delete_command)
+main.add_command(policy_cli.policy_group)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     if opts.datastore:
         logging.basicConfig(stream=sys.__stderr__, level=logging.INFO,
                             format="pycni-agent: cluster: %(message)s")
-        from ..cluster.setup import build_controller
+        from ..cluster.setup import build_controllers
 
         try:
-            controller = build_controller(opts)
+            controller = build_controllers(opts)
         except (ValueError, OSError) as exc:
             print(f"pycni-agent: {exc}", file=sys.stderr)
             return 2

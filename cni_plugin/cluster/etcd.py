@@ -42,7 +42,7 @@ import random
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
@@ -361,7 +361,7 @@ class EtcdDatastore:
         reply = self._range("read the revision", self.config_key, count_only=True)
         return int(reply["header"]["revision"])
 
-    def watch(self, revision: str, stop: threading.Event) -> Iterator[str]:
+    def watch(self, revision: str, stop: threading.Event, under: str = "") -> Iterator[str]:
         """Yield the revision of each batch of changes under the prefix after `revision` (node
         subnet keys, and the config: a changed config wakes the controller as well).
 
@@ -370,7 +370,7 @@ class EtcdDatastore:
         answering the idle probe: DatastoreUnavailable."""
         start = int(revision) + 1 if revision else self.current_revision() + 1
         while not stop.is_set() and not self._closed.is_set():
-            stream = self._open_watch(start)
+            stream = self._open_watch(start, under)
             try:
                 for kind, rev in self._read_watch(stream, stop):
                     start = rev + 1
@@ -384,11 +384,10 @@ class EtcdDatastore:
             finally:
                 stream.close()
 
-    def _open_watch(self, start: int) -> _WatchStream:
+    def _open_watch(self, start: int, under: str = "") -> _WatchStream:
         # The whole prefix: subnet keys and the config, so a config change wakes the controller too.
-        body = {"create_request": {"key": _b64(self.prefix + "/"),
-                                   "range_end": _prefix_end(self.prefix + "/"),
-                                   "start_revision": start}}
+        key = under or self.prefix + "/"
+        body = {"create_request": {"key": _b64(key), "range_end": _prefix_end(key), "start_revision": start}}
 
         def op(client: etcd3gw.Etcd3Client) -> _WatchStream:
             return _WatchStream(client, body, self.timeout)
@@ -420,6 +419,24 @@ class EtcdDatastore:
                 raise DatastoreUnavailable(f"etcd at {stream.endpoint} cancelled the watch: {reason}")
             if result.get("events"):
                 yield "events", int(result["header"]["revision"])
+
+    # --- plain keys under the prefix (the policy objects of etcd_policy.py) --------------------
+
+    def get_prefix(self, key: str) -> tuple[list[tuple[str, bytes]], int]:
+        """Every (key, value) starting with `key`, and the revision they were read at."""
+        reply = self._range(f"list {key}", key, prefix=True)
+        items = [(_unb64(i["key"]).decode(errors="replace"), _unb64(i.get("value", "")))
+                 for i in reply.get("kvs") or []]
+        return items, int(reply["header"]["revision"])
+
+    def write_keys(self, puts: Mapping[str, bytes], deletes: Iterable[str] = ()) -> int:
+        """Put and delete keys in ONE transaction (all or nothing); the revision it made."""
+        ops: list[dict[str, Any]] = [{"request_put": {"key": _b64(k), "value": _b64(v)}} for k, v in puts.items()]
+        ops += [{"request_delete_range": {"key": _b64(k)}} for k in deletes]
+        if not ops:
+            return self.current_revision()
+        reply = self._txn(f"write {len(ops)} keys", {"compare": [], "success": ops, "failure": []})
+        return int(reply["header"]["revision"])
 
     # --- release and close --------------------------------------------------------------------
 

@@ -441,3 +441,206 @@ class KubernetesDatastore:
 
     def close(self) -> None:
         self._api_client.close()
+
+
+# --- the network-policy source: NetworkPolicy, Pod, Namespace (and ANP/BANP) by list + watch ----
+
+POLICY_GROUP, POLICY_VERSION = "policy.networking.k8s.io", "v1alpha1"
+
+
+def _trim_pod(item: Mapping[str, Any]) -> dict[str, Any]:
+    """What policy reads of a Pod: identity, labels, node, host network, container ports, IPs."""
+    meta = item.get("metadata") or {}
+    spec = item.get("spec") or {}
+    status = item.get("status") or {}
+    return {
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "labels": meta.get("labels") or {}},
+        "spec": {"nodeName": spec.get("nodeName"), "hostNetwork": bool(spec.get("hostNetwork")),
+                 "containers": [{"ports": c.get("ports") or []} for c in spec.get("containers") or []]},
+        "status": {"podIPs": status.get("podIPs") or [], **({"podIP": status["podIP"]} if status.get("podIP") else {})},
+    }
+
+
+def _trim(kind: str, api_version: str, item: Mapping[str, Any]) -> dict[str, Any]:
+    if kind == "Pod":
+        return _trim_pod(item)
+    meta = item.get("metadata") or {}
+    out = {"apiVersion": api_version, "kind": kind,
+           "metadata": {k: meta[k] for k in ("name", "namespace", "labels") if meta.get(k) is not None}}
+    if "spec" in item:
+        out["spec"] = item["spec"]
+    return out
+
+
+class KubernetesPolicySource:
+    """PolicySource on the API's own objects (cluster.policy_source): every NetworkPolicy, Pod and
+    Namespace, and AdminNetworkPolicy / BaselineAdminNetworkPolicy when the API serves them (a 404
+    for their resource means the CRDs are not installed: none, not an error). Pods' addresses are
+    their status.podIPs; the agent adds this node's attachments on top.
+
+    watch() runs one stream per resource and yields only when an event changes what policy reads
+    (kubelet status heartbeats do not); 410 Gone on any stream yields "" and returns (relist)."""
+
+    def __init__(self, kubeconfig: str | None = None, *, request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
+                 watch_timeout: int = DEFAULT_WATCH_TIMEOUT) -> None:
+        self._api_client = _load_api_client(kubeconfig)
+        core = k8s_client.CoreV1Api(self._api_client)
+        net = k8s_client.NetworkingV1Api(self._api_client)
+        custom = k8s_client.CustomObjectsApi(self._api_client)
+        self._request_timeout = request_timeout
+        self._watch_timeout = max(1, int(watch_timeout))
+
+        def crd(plural: str) -> Callable[..., Any]:
+            def call(**kwargs: Any) -> Any:
+                return custom.list_cluster_custom_object(POLICY_GROUP, POLICY_VERSION, plural, **kwargs)
+            return call
+
+        # resource -> (kind, apiVersion, list function, optional)
+        self._resources: dict[str, tuple[str, str, Callable[..., Any], bool]] = {
+            "networkpolicies": ("NetworkPolicy", "networking.k8s.io/v1", net.list_network_policy_for_all_namespaces,
+                                False),
+            "pods": ("Pod", "v1", core.list_pod_for_all_namespaces, False),
+            "namespaces": ("Namespace", "v1", core.list_namespace, False),
+            "adminnetworkpolicies": ("AdminNetworkPolicy", f"{POLICY_GROUP}/{POLICY_VERSION}",
+                                     crd("adminnetworkpolicies"), True),
+            "baselineadminnetworkpolicies": ("BaselineAdminNetworkPolicy", f"{POLICY_GROUP}/{POLICY_VERSION}",
+                                             crd("baselineadminnetworkpolicies"), True),
+        }
+        self._lock = threading.Lock()
+        self._seen: dict[str, dict[str, Any]] = {}  # "resource/ns/name" -> trimmed object
+        self._served: set[str] = set()
+
+    def _list(self, resource: str) -> tuple[list[dict[str, Any]], str] | None:
+        kind, api_version, func, optional = self._resources[resource]
+        try:
+            response = func(_preload_content=False, _request_timeout=self._request_timeout)
+        except ApiException as exc:
+            if optional and exc.status == HTTP_NOT_FOUND:
+                return None
+            raise _translate(exc, f"list {resource}") from exc
+        except (urllib3.exceptions.HTTPError, OSError) as exc:
+            raise _translate(exc, f"list {resource}") from exc
+        try:
+            document = _body(response)
+        except ValueError as exc:
+            raise DatastoreUnavailable(f"kubernetes: list {resource}: the answer is not a JSON object: {exc}") from exc
+        items = [_trim(kind, api_version, i) for i in document.get("items") or []]
+        return items, str((document.get("metadata") or {}).get("resourceVersion") or "")
+
+    @staticmethod
+    def _key(resource: str, obj: Mapping[str, Any]) -> str:
+        meta = obj.get("metadata") or {}
+        return f"{resource}/{meta.get('namespace') or ''}/{meta.get('name') or ''}"
+
+    def snapshot(self) -> Any:
+        from .policy_source import PolicySnapshot
+
+        objects: list[dict[str, Any]] = []
+        versions: dict[str, str] = {}
+        seen: dict[str, dict[str, Any]] = {}
+        served: set[str] = set()
+        for resource in self._resources:
+            listed = self._list(resource)
+            if listed is None:
+                continue
+            items, version = listed
+            served.add(resource)
+            versions[resource] = version
+            for item in items:
+                seen[self._key(resource, item)] = item
+            objects += items
+        with self._lock:
+            self._seen, self._served = seen, served
+        return PolicySnapshot(tuple(objects), (), json.dumps(versions, sort_keys=True))
+
+    def watch(self, revision: str, stop: threading.Event) -> Iterator[str]:
+        import queue
+
+        try:
+            versions = json.loads(revision) if revision else {}
+        except ValueError:
+            versions = {}
+        with self._lock:
+            served = set(self._served)
+        events: queue.Queue[str | BaseException] = queue.Queue()
+        inner = threading.Event()
+
+        def pump(resource: str) -> None:
+            try:
+                for changed in self._stream(resource, str(versions.get(resource, "")), inner):
+                    if changed:
+                        events.put(resource)
+                events.put(StopIteration())
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                events.put(exc)
+
+        threads = [threading.Thread(target=pump, args=(r,), name=f"pycni-kube-policy-{r}", daemon=True)
+                   for r in self._resources if r in served]
+        for thread in threads:
+            thread.start()
+        try:
+            while not stop.is_set():
+                try:
+                    item = events.get(timeout=GUARD_POLL)
+                except queue.Empty:
+                    continue
+                if isinstance(item, _Expired):
+                    yield ""
+                    return
+                if isinstance(item, StopIteration):
+                    continue  # that stream's server timeout: the others go on; the timer resyncs
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            inner.set()
+
+    def _stream(self, resource: str, resume: str, stop: threading.Event) -> Iterator[bool]:
+        kind, api_version, func, _ = self._resources[resource]
+        while not stop.is_set():
+            watcher = k8s_watch.Watch(return_type=object)
+            kwargs: dict[str, Any] = {
+                "allow_watch_bookmarks": True,
+                "timeout_seconds": self._watch_timeout,
+                "_request_timeout": (self._request_timeout, self._watch_timeout + WATCH_READ_SLACK),
+            }
+            if resume:
+                kwargs["resource_version"] = resume
+            with _StopGuard(stop, watcher):
+                try:
+                    for event in watcher.stream(func, **kwargs):
+                        if stop.is_set():
+                            return
+                        obj = event.get("raw_object") or {}
+                        resume = str((obj.get("metadata") or {}).get("resourceVersion") or resume)
+                        typ = event.get("type")
+                        if typ in ("ADDED", "MODIFIED", "DELETED"):
+                            yield self._note(resource, typ, _trim(kind, api_version, obj))
+                except ApiException as exc:
+                    if exc.status == HTTP_GONE:
+                        raise _Expired() from exc
+                    if stop.is_set():
+                        return
+                    raise _translate(exc, f"watch {resource} from {resume or 'now'}") from exc
+                except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
+                    if stop.is_set():
+                        return
+                    raise DatastoreUnavailable(
+                        f"kubernetes: watch {resource} from {resume or 'now'}: {_reason(exc)}") from exc
+
+    def _note(self, resource: str, kind: str, obj: dict[str, Any]) -> bool:
+        key = self._key(resource, obj)
+        with self._lock:
+            if kind == "DELETED":
+                return self._seen.pop(key, None) is not None
+            if self._seen.get(key) == obj:
+                return False
+            self._seen[key] = obj
+            return True
+
+    def publish_attachments(self, node: str, records: list[dict[str, Any]]) -> None:
+        """Nothing to publish: the kubelet posts every pod's status.podIPs."""
+
+    def close(self) -> None:
+        self._api_client.close()

@@ -10,11 +10,16 @@ import argparse
 import ipaddress
 import os
 import socket
+from typing import TYPE_CHECKING, Any
 
 from ..spec.types import IPAddress
 from . import conflist, status
 from .controller import Controller, ControllerSettings
 from .model import Datastore, parse_cluster_config
+
+if TYPE_CHECKING:  # the policy modules load only when the agent builds its controllers
+    from .policy_controller import PolicyController
+    from .policy_source import PolicySource
 
 DEFAULT_STATE_DIR = "/var/lib/pycni/cluster"
 # TEST-NET-1 (RFC 5737): connect() on a UDP socket only asks the kernel which source address its
@@ -51,6 +56,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--resync-interval", type=float, default=30.0, help="seconds between full reconciles")
     group.add_argument("--metrics-listen", default="",
                        help="HOST:PORT for /metrics (Prometheus text) and /healthz (default: off)")
+    policy = parser.add_argument_group("network policy (enforced with --datastore)")
+    policy.add_argument("--no-network-policy", action="store_true",
+                        help="do not enforce NetworkPolicy/ANP/BANP on this node")
+    policy.add_argument("--attachments-dir", default="/run/pycni/attachments",
+                        help="where the bridge plugin records pods and asks for their rules at ADD")
+    policy.add_argument("--policy-status-file", default="/run/pycni/policy-status.json",
+                        help="the policy controller's status file (`pycni policy stats` reads it)")
 
 
 def default_node_addresses() -> tuple[IPAddress, ...]:
@@ -78,6 +90,58 @@ def build_datastore(opts: argparse.Namespace) -> Datastore:
     with open(opts.cluster_config, "rb") as handle:
         config = parse_cluster_config(handle.read())
     return KubernetesDatastore(config, opts.node_name, kubeconfig=opts.kubeconfig)
+
+
+def build_policy_source(opts: argparse.Namespace) -> PolicySource:
+    if opts.datastore == "etcd":
+        from .etcd import EtcdDatastore
+        from .policy_source import EtcdPolicyStore
+
+        endpoints = [e.strip() for e in opts.etcd_endpoints.split(",") if e.strip()]
+        if not endpoints:
+            raise ValueError("--datastore etcd needs --etcd-endpoints (or PYCNI_ETCD_ENDPOINTS)")
+        return EtcdPolicyStore(EtcdDatastore(endpoints, prefix=opts.etcd_prefix, lease_ttl=opts.lease_ttl))
+    from .kubernetes import KubernetesPolicySource
+
+    return KubernetesPolicySource(opts.kubeconfig)
+
+
+def build_policy_controller(opts: argparse.Namespace) -> PolicyController | None:
+    """The network-policy controller, or None with --no-network-policy."""
+    if opts.no_network_policy:
+        from .. import attachments
+
+        # No policy here: a socket left by an earlier agent must not hold pod ADDs.
+        stale = os.path.join(opts.attachments_dir, attachments.SYNC_SOCKET)
+        if os.path.exists(stale):
+            os.unlink(stale)
+        return None
+    from .policy_controller import PolicyController, PolicySettings
+
+    settings = PolicySettings(node_name=opts.node_name, attachments_dir=opts.attachments_dir,
+                              resync_interval=opts.resync_interval, status_file=opts.policy_status_file)
+    return PolicyController(build_policy_source(opts), settings)
+
+
+class Controllers:
+    """The agent's background controllers, started and stopped together."""
+
+    def __init__(self, *controllers: Any) -> None:
+        self.controllers = [c for c in controllers if c is not None]
+
+    def start(self) -> None:
+        for c in self.controllers:
+            c.start()
+
+    def stop(self) -> None:
+        for c in reversed(self.controllers):
+            c.stop()
+
+
+def build_controllers(opts: argparse.Namespace) -> Controllers:
+    """The cluster controller and, unless --no-network-policy, the policy controller."""
+    policy = build_policy_controller(opts)
+    return Controllers(build_controller(opts), policy)
 
 
 def build_controller(opts: argparse.Namespace) -> Controller:
