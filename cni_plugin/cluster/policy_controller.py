@@ -90,6 +90,7 @@ class PolicyController:
         self.last: PassResult = PassResult(False, error="not run yet")
         self.applied_revision = ""
         self.passes = 0
+        self.last_sync = 0.0
         self._threads: list[threading.Thread] = []
         self._listener: socket.socket | None = None
 
@@ -130,27 +131,26 @@ class PolicyController:
             yield
 
     def run(self) -> None:
-        with self._home():
-            self._bridge_nf()
-            attempt = 0
-            last_full = time.monotonic()
-            while not self.stop_event.is_set():
-                with self._cond:
-                    serving = self._requested
-                full = self._full_due or time.monotonic() - last_full >= self.settings.resync_interval
-                result = self.reconcile(full=full)
-                if result.ok and full:
-                    last_full = time.monotonic()
-                    self._full_due = False
-                with self._cond:
-                    self._served = max(self._served, serving)
-                    self._cond.notify_all()
-                attempt = 0 if result.ok else attempt + 1
-                wait = self.settings.resync_interval - (time.monotonic() - last_full)
-                if not result.ok:
-                    wait = min(wait, BACKOFF_MAX, 0.2 * 2 ** min(attempt, 6))
-                self.dirty.wait(max(0.0, wait))
-                self.dirty.clear()
+        self._bridge_nf()
+        attempt = 0
+        last_full = time.monotonic()
+        while not self.stop_event.is_set():
+            with self._cond:
+                serving = self._requested
+            full = self._full_due or time.monotonic() - last_full >= self.settings.resync_interval
+            result = self.reconcile(full=full)
+            if result.ok and full:
+                last_full = time.monotonic()
+                self._full_due = False
+            with self._cond:
+                self._served = max(self._served, serving)
+                self._cond.notify_all()
+            attempt = 0 if result.ok else attempt + 1
+            wait = self.settings.resync_interval - (time.monotonic() - last_full)
+            if not result.ok:
+                wait = min(wait, BACKOFF_MAX, 0.2 * 2 ** min(attempt, 6))
+            self.dirty.wait(max(0.0, wait))
+            self.dirty.clear()
 
     def _bridge_nf(self) -> None:
         if not self.settings.bridge_nf:
@@ -158,7 +158,7 @@ class PolicyController:
         from .. import netlink
 
         try:
-            with netlink.Netlink() as nl:
+            with netlink.Netlink(self.settings.netns_path) as nl:
                 for key in BRIDGE_NF_SYSCTLS:
                     nl.sysctl_set(key, "1")
         except Exception as exc:  # noqa: BLE001 - reported; pods of other nodes are still filtered
@@ -267,7 +267,8 @@ class PolicyController:
                 snapshot = self.snapshot
             world = policy_world.build(snapshot.objects, snapshot.attachments, local, self.settings.node_name)
             model = pc.compile_node(world, self.settings.node_name)
-            mode = self._apply(model, full)
+            with self._home():  # nft runs in the node's namespace; the datastore is reached from ours
+                mode = self._apply(model, full)
         except (DatastoreError, pm.PolicyError, Exception) as exc:  # noqa: BLE001 - reported in the status
             if not isinstance(exc, (DatastoreError, pm.PolicyError)):
                 log.exception("policy pass failed")
@@ -278,6 +279,7 @@ class PolicyController:
             self._publish_status()
             return self.last
         self.passes += 1
+        self.last_sync = time.time()
         self.applied_revision = snapshot.revision
         self.last = PassResult(True, snapshot.revision, time.monotonic() - started, mode)
         self._publish_status()
@@ -312,7 +314,7 @@ class PolicyController:
             "lastPassSeconds": round(self.last.seconds, 4),
             "lastMode": self.last.mode,
             "passes": self.passes,
-            "lastSync": time.time() if self.last.ok else 0,
+            "lastSync": self.last_sync,
             "pods": len(model.pods) if model else 0,
             "sets": len(model.sets) if model else 0,
             "counters": dict(model.counters) if model else {},
