@@ -18,9 +18,19 @@ server checks). What it speaks is the API's own JSON:
     server = KubeAPIServer.start()
     server.write_kubeconfig(tmp_path / "kubeconfig")
     server.add_node("n1", pod_cidrs=["10.244.1.0/24"], addresses=["198.18.0.1"])
+    server.put_object("pods", {...})          # the policy resources (below): create or replace
+    server.delete_object("pods", "x", "a")
     server.drop_watches()        # streams cut without their terminating chunk
     server.stop(); server.start_again()   # an outage: connections refused, state kept
     KubeAPIServer.start(tls=make_tls(tmp_path))  # HTTPS (the in-cluster loader insists on it)
+
+The network-policy resources, list and watch only (the same wire format as nodes; objects are
+written by the test with put_object/delete_object, each write a new global resourceVersion):
+
+    GET /apis/networking.k8s.io/v1/networkpolicies                     NetworkPolicyList
+    GET /api/v1/pods, /api/v1/namespaces                               PodList, NamespaceList
+    GET /apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies   (and baselineadmin...):
+        served only with serve_admin=True; else 404, as an apiserver without the CRDs answers
 """
 
 from __future__ import annotations
@@ -106,6 +116,9 @@ class KubeAPIServer:
         self._httpd: ThreadingHTTPServer | None = None
         self._thread: threading.Thread | None = None
         self._connections: set[socket.socket] = set()
+        self.serve_admin = False
+        self._objects: dict[str, dict[str, dict[str, Any]]] = {r: {} for r in RESOURCES}
+        self._rhistory: list[tuple[int, str, str, dict[str, Any]]] = []  # (rv, resource, type, object)
 
     # --- lifecycle -----------------------------------------------------------------------------
 
@@ -232,6 +245,33 @@ class KubeAPIServer:
         with self._cond:
             self._compacted = self._rv
             self._history.clear()
+            self._rhistory.clear()
+            self._cond.notify_all()
+            return self._rv
+
+    def put_object(self, resource: str, obj: dict[str, Any]) -> int:
+        """Create or replace a policy-resource object (kind/apiVersion filled in); the new RV."""
+        kind, api_version = RESOURCES[resource]
+        obj = copy.deepcopy(obj)
+        obj["kind"], obj["apiVersion"] = kind, api_version
+        meta = obj.setdefault("metadata", {})
+        key = f"{meta.get('namespace') or ''}/{meta['name']}"
+        with self._cond:
+            existed = key in self._objects[resource]
+            meta.setdefault("uid", str(uuid.uuid4()))
+            self._rv += 1
+            meta["resourceVersion"] = str(self._rv)
+            self._objects[resource][key] = obj
+            self._rhistory.append((self._rv, resource, "MODIFIED" if existed else "ADDED", copy.deepcopy(obj)))
+            self._cond.notify_all()
+            return self._rv
+
+    def delete_object(self, resource: str, namespace: str, name: str) -> int:
+        with self._cond:
+            obj = self._objects[resource].pop(f"{namespace}/{name}")
+            self._rv += 1
+            obj["metadata"]["resourceVersion"] = str(self._rv)
+            self._rhistory.append((self._rv, resource, "DELETED", copy.deepcopy(obj)))
             self._cond.notify_all()
             return self._rv
 
@@ -259,6 +299,23 @@ class KubeAPIServer:
         self._history.append((self._rv, kind, copy.deepcopy(node)))
         self._cond.notify_all()
         return self._rv
+
+
+RESOURCES = {  # resource -> (kind, apiVersion)
+    "networkpolicies": ("NetworkPolicy", "networking.k8s.io/v1"),
+    "pods": ("Pod", "v1"),
+    "namespaces": ("Namespace", "v1"),
+    "adminnetworkpolicies": ("AdminNetworkPolicy", "policy.networking.k8s.io/v1alpha1"),
+    "baselineadminnetworkpolicies": ("BaselineAdminNetworkPolicy", "policy.networking.k8s.io/v1alpha1"),
+}
+RESOURCE_PATHS = {
+    "/apis/networking.k8s.io/v1/networkpolicies": "networkpolicies",
+    "/api/v1/pods": "pods",
+    "/api/v1/namespaces": "namespaces",
+    "/apis/policy.networking.k8s.io/v1alpha1/adminnetworkpolicies": "adminnetworkpolicies",
+    "/apis/policy.networking.k8s.io/v1alpha1/baselineadminnetworkpolicies": "baselineadminnetworkpolicies",
+}
+ADMIN = ("adminnetworkpolicies", "baselineadminnetworkpolicies")
 
 
 def _set_cidrs(node: dict[str, Any], cidrs: list[str], pod_cidr_only: bool) -> None:
@@ -355,6 +412,18 @@ class _Handler(BaseHTTPRequestHandler):
                             "items": [_list_item(n) for _, n in sorted(self.api._nodes.items())]}
             self._send_json(200, document)
             return
+        resource = RESOURCE_PATHS.get(path)
+        if resource is not None and (resource not in ADMIN or self.api.serve_admin):
+            if query.get("watch") in ("true", "1"):
+                self._watch_resource(resource, query)
+                return
+            kind, api_version = RESOURCES[resource]
+            with self.api._cond:
+                document = {"kind": f"{kind}List", "apiVersion": api_version,
+                            "metadata": {"resourceVersion": str(self.api._rv)},
+                            "items": [_list_item(o) for _, o in sorted(self.api._objects[resource].items())]}
+            self._send_json(200, document)
+            return
         name = path.removeprefix("/api/v1/nodes/")
         if path.startswith("/api/v1/nodes/") and "/" not in name:
             with self.api._cond:
@@ -400,6 +469,58 @@ class _Handler(BaseHTTPRequestHandler):
     def _chunk(self, event: dict[str, Any]) -> None:
         data = json.dumps(event).encode() + b"\n"
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+    def _watch_resource(self, resource: str, query: dict[str, str]) -> None:
+        """The watch of a policy resource: replay after resourceVersion (or ADDED for every
+        object from "0"), then new events, until timeoutSeconds; 410 as an ERROR event."""
+        api = self.api
+        deadline = time.monotonic() + float(query.get("timeoutSeconds") or 1800)
+        since = query.get("resourceVersion") or "0"
+        with api._cond:
+            if since != "0" and int(since) < api._compacted:
+                pending = [{"type": "ERROR", "object": status_object(410, "Expired", "too old resource version")}]
+                gone = True
+            elif since == "0":
+                pending = [{"type": "ADDED", "object": copy.deepcopy(o)}
+                           for _, o in sorted(api._objects[resource].items())]
+                gone = False
+            else:
+                pending = [{"type": t, "object": copy.deepcopy(o)}
+                           for rv, r, t, o in api._rhistory if r == resource and rv > int(since)]
+                gone = False
+            last = api._rv
+            drops = api._drops
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        try:
+            while True:
+                for event in pending:
+                    self._chunk(event)
+                if gone:
+                    break
+                with api._cond:
+                    pending = []
+                    while not pending:
+                        if api._stopping or api._drops != drops:
+                            _cut(self.connection)
+                            self.close_connection = True
+                            return
+                        fresh = [(rv, t, o) for rv, r, t, o in api._rhistory if rv > last and r == resource]
+                        last = api._rv
+                        if fresh:
+                            pending = [{"type": t, "object": copy.deepcopy(o)} for _, t, o in fresh]
+                            break
+                        remaining = deadline - time.monotonic()
+                        if remaining <= 0:
+                            break
+                        api._cond.wait(remaining)
+                if not pending:
+                    break
+            self.wfile.write(b"0\r\n\r\n")
+        except OSError:
+            self.close_connection = True
 
     def _watch(self, query: dict[str, str]) -> None:
         api = self.api

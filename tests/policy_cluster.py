@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -127,6 +127,8 @@ class FakeCluster:
     source: Any
     node_names: tuple[str, ...] = ("node-1", "node-2")
     resync_interval: float = 30.0
+    # A source per node (a stateful source such as KubernetesPolicySource must not be shared).
+    source_for: Callable[[str], Any] | None = None
     nodes: dict[str, Node] = field(default_factory=dict)
     pods: dict[str, Pod] = field(default_factory=dict)
     _extra: list[Netns] = field(default_factory=list)
@@ -169,7 +171,8 @@ class FakeCluster:
             settings = PolicySettings(node_name=node.name, attachments_dir=str(node.attachments),
                                       resync_interval=self.resync_interval, status_file=str(node.base / "status.json"),
                                       netns_path=node.ns.path)
-            node.controller = PolicyController(self.source, settings)
+            source = self.source_for(node.name) if self.source_for else self.source
+            node.controller = PolicyController(source, settings)
             node.controller.start()
         return self
 

@@ -562,7 +562,7 @@ class KubernetesPolicySource:
         except ValueError:
             versions = {}
         with self._lock:
-            served = set(self._served)
+            served = set(self._served) or {r for r, spec in self._resources.items() if not spec[3]}
         events: queue.Queue[str | BaseException] = queue.Queue()
         inner = threading.Event()
 

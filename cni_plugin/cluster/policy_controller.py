@@ -190,6 +190,9 @@ class PolicyController:
         return self.wait(self.request(), timeout)
 
     def _watch_loop(self) -> None:
+        # Watch from what the first pass listed (a source resumes from its snapshot's revision).
+        while self.snapshot is None and not self.stop_event.wait(0.05):
+            pass
         attempt = 0
         while not self.stop_event.is_set():
             try:
