@@ -53,13 +53,14 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from . import evaluate as ev
-from .model import AdminPolicy, AdminSelector, IPAddress, IPNetwork, NetworkPolicy, Peer, Pod, Port, World
+from .model import AdminPolicy, AdminSelector, IPAddress, IPNetwork, NetworkPolicy, Peer, Pod, Port, Rule, World
 
 TABLE = "inet pycni"
 FORWARD = "np_forward"
 INPUT = "np_input"
 PREFIX = "np"
 PROTO_NUM = {"TCP": 6, "UDP": 17, "SCTP": 132}
+COUNTERS_PER_RULE = 64  # named counters in one rule (the kernel's limit is 128 expressions)
 
 
 def h(text: str) -> str:
@@ -152,6 +153,7 @@ class _Builder:
         self.families = families
         self.sets: dict[str, AddrSet] = {}
         self.counters: dict[str, str] = {}
+        self._peers: dict[str, list[tuple[str, list[IPNetwork], list[Pod]]]] = {}
 
     def _add_sets(self, ident: str, comment: str, nets: Iterable[IPNetwork]) -> tuple[str, ...]:
         nets = list(nets)
@@ -184,6 +186,28 @@ class _Builder:
 
     def np_peer_pods(self, pol: NetworkPolicy, p: Peer) -> list[Pod]:
         return [q for q in self.world.pods if ev.pod_selected(self.world, q, pol.namespace, p)]
+
+    def np_peers(self, pol: NetworkPolicy, ident: str, r: Rule) -> list[tuple[str, list[IPNetwork], list[Pod]]]:
+        """A NetworkPolicy rule's peers: (peer id, networks, pods), computed once per rule (every
+        pod the policy selects shares them; recomputing per pod made 1000 policies cost seconds)."""
+        cached = self._peers.get(ident)
+        if cached is not None:
+            return cached
+        w = self.world
+        peers = []
+        for j, p in enumerate(r.peers):
+            pods = (
+                self.np_peer_pods(pol, p)
+                if p.ip_block is None
+                else [q for q in w.pods if any(p.ip_block.contains(a) for a in q.ips)]
+            )
+            if p.ip_block is not None:
+                nets = p.ip_block.ranges()
+            else:
+                nets = [ipaddress.ip_network(a) for q in pods for a in q.ips]
+            peers.append((f"peer{j}", nets, pods))
+        self._peers[ident] = peers
+        return peers
 
     def admin_peer_nets(self, s: AdminSelector) -> list[IPNetwork]:
         if s.networks:
@@ -280,21 +304,7 @@ class _Builder:
             for i, r in enumerate(rules):
                 ref = ev.RuleRef(ev.TIER_NP, pol.key, direction, i, "Allow")
                 ident = f"NP|{pol.key}|{direction}|{i}"
-                peers = None
-                if r.peers:
-                    peers = []
-                    for j, p in enumerate(r.peers):
-                        pods = (
-                            self.np_peer_pods(pol, p)
-                            if p.ip_block is None
-                            else [q for q in w.pods if any(p.ip_block.contains(a) for a in q.ips)]
-                        )
-                        nets = (
-                            p.ip_block.ranges()
-                            if p.ip_block is not None
-                            else [ipaddress.ip_network(a) for q in pods for a in q.ips]
-                        )
-                        peers.append((f"peer{j}", nets, pods))
+                peers = self.np_peers(pol, ident, r) if r.peers else None
                 np_matches += self.matches(ref, "allow", ident, peers, r.ports, pod, direction, None)
         banp_matches: list[Match] = []
         if not isolating and w.baseline is not None and ev.admin_selects_pod(w, w.baseline.subject, pod):
@@ -409,8 +419,15 @@ def chain_bodies(model: NodeModel) -> dict[str, list[str]]:
             if d.isolated_by:
                 for m in d.np:
                     tier_rules += _render_match(m, direction, allow, model, None)
-                counters = " ".join(f'counter name "{c}"' for c in d.drop_counters)
-                tier_rules.append(f"{counters} drop comment {_q('isolated by ' + ', '.join(d.isolated_by))}")
+                # The kernel takes at most 128 expressions per rule (NFT_RULE_MAXEXPRS): a pod
+                # isolated by many policies gets its counters over several rules that only
+                # count, then the drop; every isolating policy's counter still counts each drop.
+                chunks = [d.drop_counters[i:i + COUNTERS_PER_RULE]
+                          for i in range(0, len(d.drop_counters), COUNTERS_PER_RULE)] or [()]
+                for chunk in chunks[:-1]:
+                    tier_rules.append(" ".join(f'counter name "{c}"' for c in chunk))
+                counters = " ".join(f'counter name "{c}"' for c in chunks[-1])
+                tier_rules.append(f"{counters} drop comment {_q('isolated by ' + ', '.join(d.isolated_by))}".strip())
             else:
                 for m in d.banp:
                     tier_rules += _render_match(m, direction, allow, model, None)

@@ -368,3 +368,16 @@ def test_comments_fit_nft_limit() -> None:
 def test_many_isolating_policies_render_valid_nft() -> None:
     res = _nft_check(pc.render_nft(pc.compile_node(_many_policies_world(), "n1")))
     assert res.returncode == 0, res.stderr
+
+
+def test_a_pod_isolated_by_many_policies_counts_them_over_several_rules() -> None:
+    """The kernel refuses a rule of more than 128 expressions: 150 isolating policies' counters
+    are spread over count-only rules before the drop, each counter exactly once."""
+    pod = m.Pod("x", "a", (("app", "web"),), (ipaddress.ip_address("10.244.1.2"),), (), "n1")
+    pols = tuple(m.parse_network_policy({"metadata": {"name": f"p{i}", "namespace": "x"}, "spec": {"podSelector": {}}})
+                 for i in range(150))
+    model = pc.compile_node(m.World(pods=(pod,), policies=pols), "n1")
+    rules = pc.chain_bodies(model)[pc.chain_names("x/a")["ingress"]]
+    assert [r.count("counter name") for r in rules] == [64, 64, 22]
+    assert [r.endswith(("drop", '"')) and " drop " in r for r in rules] == [False, False, True]
+    assert len({c for r in rules for c in re.findall(r'np_c_\w+', r)}) == 150
