@@ -31,7 +31,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import attachments
@@ -68,6 +68,7 @@ class PassResult:
     seconds: float = 0.0
     mode: str = ""  # full | delta | unchanged
     error: str = ""
+    phases: dict[str, float] = field(default_factory=dict)  # seconds: read, build, compile, apply
 
 
 class PolicyController:
@@ -91,6 +92,7 @@ class PolicyController:
         self.applied_revision = ""
         self.passes = 0
         self.last_sync = 0.0
+        self._inputs: tuple[str, str] | None = None
         self._threads: list[threading.Thread] = []
         self._listener: socket.socket | None = None
 
@@ -268,10 +270,19 @@ class PolicyController:
                 # A pod ADD on this node still gets its rules from the last snapshot read.
                 log.warning("policy source unreachable, compiling from the last snapshot: %s", exc)
                 snapshot = self.snapshot
+            phases = {"read": time.monotonic() - started}
+            inputs = (snapshot.revision, json.dumps(local, sort_keys=True))
+            if not full and self.last.ok and inputs == self._inputs and self.model is not None:
+                # Nothing this node compiles from changed (an event of a pass already made).
+                self.last = PassResult(True, snapshot.revision, time.monotonic() - started, "unchanged", phases=phases)
+                return self.last
             world = policy_world.build(snapshot.objects, snapshot.attachments, local, self.settings.node_name)
+            phases["build"] = time.monotonic() - started - sum(phases.values())
             model = pc.compile_node(world, self.settings.node_name)
+            phases["compile"] = time.monotonic() - started - sum(phases.values())
             with self._home():  # nft runs in the node's namespace; the datastore is reached from ours
                 mode = self._apply(model, full)
+            phases["apply"] = time.monotonic() - started - sum(phases.values())
         except (DatastoreError, pm.PolicyError, Exception) as exc:  # noqa: BLE001 - reported in the status
             if not isinstance(exc, (DatastoreError, pm.PolicyError)):
                 log.exception("policy pass failed")
@@ -282,9 +293,11 @@ class PolicyController:
             self._publish_status()
             return self.last
         self.passes += 1
+        self._inputs = inputs
         self.last_sync = time.time()
         self.applied_revision = snapshot.revision
-        self.last = PassResult(True, snapshot.revision, time.monotonic() - started, mode)
+        self.last = PassResult(True, snapshot.revision, time.monotonic() - started, mode,
+                               phases={k: round(v, 4) for k, v in phases.items()})
         self._publish_status()
         return self.last
 
@@ -316,6 +329,7 @@ class PolicyController:
             "revision": self.applied_revision,
             "lastPassSeconds": round(self.last.seconds, 4),
             "lastMode": self.last.mode,
+            "lastPhases": self.last.phases,
             "passes": self.passes,
             "lastSync": self.last_sync,
             "pods": len(model.pods) if model else 0,

@@ -47,6 +47,7 @@ Node traffic is not hooked on output: the node talking to its own pods is always
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import ipaddress
 from collections.abc import Iterable, Mapping
@@ -140,7 +141,13 @@ class NodeModel:
     counters: tuple[tuple[str, str], ...]  # (name, "Kind policy")
 
     def set(self, name: str) -> AddrSet:
-        return next(s for s in self.sets if s.name == name)
+        return self._set_index[name]
+
+    @functools.cached_property
+    def _set_index(self) -> dict[str, AddrSet]:
+        # Not a field (equality and hashing ignore it); a linear search per rule made rendering
+        # 10000 rules cost seconds.
+        return {s.name: s for s in self.sets}
 
 
 # ----------------------------------------------------------------------------------------------
