@@ -15,6 +15,16 @@ Where things are decided and where they are written (one look for a newcomer):
     controller.py  the loop in pycni-agent: claim, list, watch, reconcile on events and a timer
     status.py      the status file `pycni cluster status` reads
 
+Network policy on the same sources (the engine itself is cni_plugin/policy/, pure):
+
+    policy_source.py      the PolicySource seam; EtcdPolicyStore (the objects `pycni apply`
+                          writes, the nodes' published attachments), MemoryPolicySource
+    kubernetes.py         KubernetesPolicySource: NetworkPolicy/Pod/Namespace (+ANP/BANP) list+watch
+    policy_world.py       pure: snapshot + attachment records -> the engine's World
+    policy_controller.py  the thread in pycni-agent: compile this node, one nft transaction, the
+                          sync socket a bridge ADD waits on (cni_plugin/attachments.py)
+    policy_cli.py         pycni apply|delete -f, pycni policy explain|stats
+
 Only etcd.py and kubernetes.py import their client libraries; only cni_plugin.netlink imports
 pyroute2 (dataplane.py goes through it).
 """

@@ -12,7 +12,7 @@ Where a policy becomes rules (one look for a newcomer):
     compile.py   world -> per-node enforcement model (per local pod: ordered ingress/egress rule
                  lists whose peers are named address sets), simulate() over that model, and
                  render_nft(): one atomic nft script for pycni's policy chains and sets
-    explain.py   the text of `pycni policy explain` and the validation path of `pycni policy apply`
+    explain.py   the text of `pycni policy explain` and the validation path of `pycni apply`
 
 Everything here is pure (no I/O, no netlink, no subprocess) except model.load_file().
 """

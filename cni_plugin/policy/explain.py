@@ -1,8 +1,8 @@
-"""The text of `pycni policy explain` and `pycni policy stats`, and the check of `pycni policy apply`.
+"""The text of `pycni policy explain` and `pycni policy stats`, and the check of `pycni apply`.
 
 explain answers from the COMPILED per-node models (what the nodes enforce, compile.simulate),
 and states the reference answer (evaluate.verdict) only if the two ever disagree, which would be
-a pycni bug worth reporting. The lead wires these to the CLI and the datastore.
+a pycni bug worth reporting. cluster/policy_cli.py wires them to the CLI and the datastore.
 """
 
 from __future__ import annotations
@@ -144,7 +144,7 @@ def format_stats(model: pc.NodeModel, counters: Mapping[str, tuple[int, int]]) -
 
 
 def validate_apply(text: str, default_namespace: str | None = None) -> list[PolicyObject]:
-    """The check `pycni policy apply -f FILE` runs before storing anything: every object parses
+    """The check `pycni apply -f FILE` runs before storing anything: every object parses
     and validates, or nothing is applied (the PolicyError names the object and the field)."""
     objects = parse_text(text, default_namespace)
     if not objects:

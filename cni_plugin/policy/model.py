@@ -4,7 +4,7 @@ Field names and defaults follow the Kubernetes API (networking.k8s.io/v1 Network
 policy.networking.k8s.io/v1alpha1 AdminNetworkPolicy / BaselineAdminNetworkPolicy, core/v1 Pod,
 Namespace, Node). Validation mirrors the API server's where it matters to enforcement, and every
 refusal is a PolicyError naming the field as a path (`spec.ingress[0].ports[1].endPort`), so
-`pycni policy apply` can refuse a bad object before any node sees it.
+`pycni apply` can refuse a bad object before any node sees it.
 """
 
 from __future__ import annotations
