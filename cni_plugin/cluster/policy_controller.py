@@ -23,6 +23,7 @@ the controller sets both when it starts (through the netlink module's sysctl hel
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -92,6 +93,7 @@ class PolicyController:
         self.applied_revision = ""
         self.passes = 0
         self.last_sync = 0.0
+        self.modes: collections.Counter[str] = collections.Counter()  # passes by mode
         self._inputs: tuple[str, str] | None = None
         self._threads: list[threading.Thread] = []
         self._listener: socket.socket | None = None
@@ -273,9 +275,10 @@ class PolicyController:
             phases = {"read": time.monotonic() - started}
             inputs = (snapshot.revision, json.dumps(local, sort_keys=True))
             if not full and self.last.ok and inputs == self._inputs and self.model is not None:
-                # Nothing this node compiles from changed (an event of a pass already made).
-                self.last = PassResult(True, snapshot.revision, time.monotonic() - started, "unchanged", phases=phases)
-                return self.last
+                # Nothing this node compiles from changed (an event of a pass already made): the
+                # last pass's result stands.
+                self.modes["skipped"] += 1
+                return PassResult(True, snapshot.revision, time.monotonic() - started, "skipped", phases=phases)
             world = policy_world.build(snapshot.objects, snapshot.attachments, local, self.settings.node_name)
             phases["build"] = time.monotonic() - started - sum(phases.values())
             model = pc.compile_node(world, self.settings.node_name)
@@ -293,6 +296,7 @@ class PolicyController:
             self._publish_status()
             return self.last
         self.passes += 1
+        self.modes[mode] += 1
         self._inputs = inputs
         self.last_sync = time.time()
         self.applied_revision = snapshot.revision
@@ -331,6 +335,7 @@ class PolicyController:
             "lastMode": self.last.mode,
             "lastPhases": self.last.phases,
             "passes": self.passes,
+            "passesByMode": dict(self.modes),
             "lastSync": self.last_sync,
             "pods": len(model.pods) if model else 0,
             "sets": len(model.sets) if model else 0,

@@ -112,8 +112,11 @@ def test_policies_enforced_same_node_and_across_nodes(memory_cluster) -> None:
     assert udp == expected(cluster, source, 81, "UDP")
     assert not udp[("x/b-near", "x/web")] and udp[("x/web", "x/b-near")]
     # A label change is a set-element change; the policy follows the pod.
+    controller = cluster.nodes["node-1"].controller
+    assert controller is not None
+    deltas = controller.modes["delta"]
     cluster.wait_applied(source.put(pod_object("y/other", {"role": "b"}, PORTS)))
-    assert cluster.nodes["node-1"].controller.last.mode == "delta"  # type: ignore[union-attr]
+    assert controller.modes["delta"] == deltas + 1
     assert cluster.matrix(80, "TCP", pairs=[("y/other", "x/web")]) == {("y/other", "x/web"): True}
     # Drop counters per policy, read back from the kernel as `pycni policy stats` reads them.
     listing = cluster.nft("node-1")
