@@ -32,6 +32,7 @@ class ConflistSettings:
     ipam_data_dir: str = "/var/lib/cni/networks"
     plugin_prefix: str = ""  # "" for reference names (bridge, host-local), "pycni-" beside the Go plugins
     status_file: str = ""  # handed to the bridge: STATUS answers 50 while the node is not ready
+    attachments_dir: str = ""  # handed to the bridge when the agent enforces network policy
 
 
 def render(subnets: tuple[IPNetwork, ...], mtu: int, settings: ConflistSettings) -> dict[str, Any]:
@@ -53,6 +54,9 @@ def render(subnets: tuple[IPNetwork, ...], mtu: int, settings: ConflistSettings)
     }
     if settings.status_file:
         bridge["clusterStatusFile"] = settings.status_file
+    if settings.attachments_dir:
+        # The bridge records each pod there and waits for its policy rules at ADD (attachments.py).
+        bridge["attachmentsDir"] = settings.attachments_dir
     return {
         "cniVersion": CNI_VERSION,
         "name": settings.network_name,

@@ -162,6 +162,7 @@ def build_controller(opts: argparse.Namespace) -> Controller:
             ipam_data_dir=opts.ipam_data_dir,
             plugin_prefix="pycni-" if opts.plugin_names == "prefixed" else "",
             status_file=opts.status_file,
+            attachments_dir="" if getattr(opts, "no_network_policy", True) else opts.attachments_dir,
         ),
         state_dir=opts.state_dir,
         status_file=opts.status_file,

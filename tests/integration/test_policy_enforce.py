@@ -493,3 +493,14 @@ def test_kubernetes_source(tmp_path: Path) -> None:
     finally:
         cluster.stop()
         api.stop()
+
+
+def test_netpol_conformance_script_runs_cases_on_real_pods() -> None:
+    """scripts/netpol-conformance end to end on a few upstream cases (the full run is the script's)."""
+    script = Path(__file__).resolve().parents[2] / "scripts" / "netpol-conformance"
+    proc = subprocess.run([sys.executable, str(script), "--cases", "updated-pod", "udp-should-support", "named-port"],
+                          capture_output=True, text=True, timeout=300)
+    lines = proc.stdout.strip().splitlines()
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert lines[-1] == "6 passed, 0 failed", lines
+    assert sum(ln.startswith("PASS ") for ln in lines) == 6
