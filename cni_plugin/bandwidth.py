@@ -9,7 +9,8 @@ in the README (section pycni-bandwidth):
 * the IFB is `bwp` + 12 hex of sha256("<containerID>:<ifname>") (reference: hash of network name
   and container ID) and carries `pycni-bandwidth <network> <tag>` in its alias (IFLA_IFALIAS), so
   DEL deletes only an IFB it made and GC finds the IFBs of its network without any state file;
-* prevResult is returned unchanged (the reference appends the IFB to the interfaces);
+* like the reference, an egress IFB is appended to prevResult's interfaces (name and MAC, no
+  sandbox); prevResult's own entries and every IP's interface index stay as they were;
 * a burst smaller than one full-size frame is refused (the kernel would drop every such frame);
 * CHECK also verifies the IFB, its alias and the redirect; GC and STATUS exist (reference: none).
 
@@ -43,7 +44,7 @@ from .spec.errors import (
     UnsupportedField,
 )
 from .spec.skel import CmdArgs, Handlers
-from .spec.types import Result
+from .spec.types import Interface, Result
 
 IFB_PREFIX = "bwp"
 ALIAS_PREFIX = "pycni-bandwidth"
@@ -239,6 +240,14 @@ def stale_ifbs(ifbs: Iterable[tuple[str, str]], network: str, keep: set[str]) ->
     return sorted(stale)
 
 
+def with_ifb(prev: Result, ifb: Interface) -> Result:
+    """prevResult with the IFB appended last: earlier entries and the IPs' indexes into them are
+    untouched (the reference appends it too; runtimes read the host-side devices from the list)."""
+    if any(i.name == ifb.name and not i.sandbox for i in prev.interfaces):
+        return prev  # already listed (a prevResult that went through this ADD): never twice
+    return prev.with_changes(interfaces=(*prev.interfaces, ifb))
+
+
 def host_candidates(prev: Result) -> list[str]:
     """prevResult's host-side interfaces (no sandbox), where the pod's veth peer must be."""
     return [iface.name for iface in prev.interfaces if not iface.sandbox]
@@ -319,6 +328,7 @@ def add(args: CmdArgs) -> Result:
             host.add_ingress_qdisc(host_veth)
             undo.push(f"delete ingress qdisc on {host_veth}", host.delete_ingress_qdisc, host_veth)
             host.add_redirect(host_veth, ifb)
+            prev = with_ifb(prev, Interface(name=ifb, mac=host.link(ifb).mac))
 
         undo.disarm()
     return prev
