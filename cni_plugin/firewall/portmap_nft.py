@@ -39,10 +39,18 @@ class NftPortmap:
     def chains(self) -> set[str]:
         return pr.chains_present(self._nft.listing(render.FAMILY))
 
-    def add(self, wanted: pr.Entries) -> list[tuple[pr.PortEntry, pr.PortEntry]]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """The node's portmap lock, for a caller that pairs a host step with the transaction
+        (ADD's route_localnet and its rollback); then call add/remove/entries with held=True."""
+        return locked(self._lock_path)
+
+    def _maybe_locked(self, held: bool) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext() if held else locked(self._lock_path)
+
+    def add(self, wanted: pr.Entries, *, held: bool = False) -> list[tuple[pr.PortEntry, pr.PortEntry]]:
         """Install `wanted` atomically. Returns the conflicts instead when another attachment
         already holds one of the ports (then nothing was changed)."""
-        with locked(self._lock_path):
+        with self._maybe_locked(held):
             plan = pr.plan_add(wanted, self.entries())
             if plan.conflicts:
                 return list(plan.conflicts)
@@ -54,8 +62,8 @@ class NftPortmap:
             self._nft.run(["-f", "-"], pr.render_delete(doomed), "host port removal")
         return doomed
 
-    def remove(self, comment: str) -> pr.Entries:
-        with locked(self._lock_path):
+    def remove(self, comment: str, *, held: bool = False) -> pr.Entries:
+        with self._maybe_locked(held):
             return self._delete(self.entries().with_comment(comment))
 
     def gc(self, network: str, keep_comments: set[str]) -> pr.Entries:
