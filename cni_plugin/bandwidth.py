@@ -12,7 +12,9 @@ in the README (section pycni-bandwidth):
 * like the reference, an egress IFB is appended to prevResult's interfaces (name and MAC, no
   sandbox); prevResult's own entries and every IP's interface index stay as they were;
 * a burst smaller than one full-size frame is refused (the kernel would drop every such frame);
-* CHECK also verifies the IFB, its alias and the redirect; GC and STATUS exist (reference: none).
+* CHECK also verifies the IFB, its alias and the redirect; GC and STATUS exist (reference: none);
+* DEL also deletes the IFB the reference made for the same network and container ID, and GC the
+  reference's IFBs no link redirects to any more (a network switched from Go bandwidth to pycni).
 
 Units: rates in bits per second, bursts in bits (CONVENTIONS.md `bandwidth` capability); the
 kernel takes bytes/s, bytes and psched ticks. The arithmetic is the pure `plan_tbf` below.
@@ -20,6 +22,7 @@ kernel takes bytes/s, bytes and psched ticks. The arithmetic is the pure `plan_t
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -248,6 +251,39 @@ def with_ifb(prev: Result, ifb: Interface) -> Result:
     return prev.with_changes(interfaces=(*prev.interfaces, ifb))
 
 
+# The reference names its IFB "bwp" + hex of sha512(<network name><container ID>), cut to 15
+# characters, and gives it no alias (plugins/meta/bandwidth). pycni's own IFBs share the prefix
+# and length but always carry a pycni alias, so an alias tells the two apart.
+GO_IFB_PREFIX = "bwp"
+GO_IFB_LENGTH = 15
+
+
+def go_ifb_name(network: str, container_id: str) -> str:
+    """The name the Go reference bandwidth plugin gives the IFB of (network, container ID)."""
+    return (GO_IFB_PREFIX + hashlib.sha512(f"{network}{container_id}".encode()).hexdigest())[:GO_IFB_LENGTH]
+
+
+def looks_like_go_ifb(name: str, alias: str) -> bool:
+    tail = name[len(GO_IFB_PREFIX):]
+    return (
+        name.startswith(GO_IFB_PREFIX) and len(name) == GO_IFB_LENGTH and not alias
+        and all(c in "0123456789abcdef" for c in tail)
+    )
+
+
+def stale_go_ifbs(
+    ifbs: Iterable[tuple[str, int, str]], redirected: set[int], network: str, valid_ids: Iterable[str]
+) -> list[str]:
+    """Names of the reference's IFBs (name, ifindex, alias) that no attachment uses any more: no
+    link redirects to them (a pod's host veth, and its ingress redirect, die with the pod) and
+    none is the reference's name for a live attachment of `network` (an ADD still in progress)."""
+    live = {go_ifb_name(network, cid) for cid in valid_ids}
+    return sorted(
+        name for name, index, alias in ifbs
+        if looks_like_go_ifb(name, alias) and index not in redirected and name not in live
+    )
+
+
 def host_candidates(prev: Result) -> list[str]:
     """prevResult's host-side interfaces (no sandbox), where the pod's veth peer must be."""
     return [iface.name for iface in prev.interfaces if not iface.sandbox]
@@ -382,6 +418,11 @@ def delete(args: CmdArgs) -> None:
             sweep.run(_remove_veth_qdiscs, host, args, prev, ifb)
         if ifb is not None:
             sweep.run(host.delete_link, name)
+        # Set up by the Go reference before the network switched to pycni: its name is bound to
+        # this network and container ID, and it carries no alias (a pycni IFB always does).
+        go = host.ifb(go_ifb_name(network, args.container_id))
+        if go is not None and looks_like_go_ifb(go.name, go.alias):
+            sweep.run(host.delete_link, go.name)
     sweep.finish()
 
 
@@ -445,8 +486,14 @@ def gc(args: CmdArgs) -> None:
     keep = {attachment_tag(cid, ifname) for cid, ifname in valid}
     sweep = Sweep()
     with tc.TrafficControl() as host:
-        for name in stale_ifbs(((i.name, i.alias) for i in host.ifbs()), network, keep):
+        ifbs = host.ifbs()
+        for name in stale_ifbs(((i.name, i.alias) for i in ifbs), network, keep):
             sweep.run(host.delete_link, name)
+        # IFBs the Go reference left behind (a network switched from it to pycni): gone pods only.
+        go = [(i.name, i.index, i.alias) for i in ifbs if looks_like_go_ifb(i.name, i.alias)]
+        if go:
+            for name in stale_go_ifbs(go, host.redirected_ifindexes(), network, (cid for cid, _ in valid)):
+                sweep.run(host.delete_link, name)
     sweep.finish()
 
 

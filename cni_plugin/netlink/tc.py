@@ -195,6 +195,16 @@ class TrafficControl(Netlink):
         msgs = self._call(f"list filters of {dev}", self._ipr.get_filters, index=index, parent=INGRESS_HANDLE)
         return [target for m in msgs for target in _mirred_targets(m)]
 
+    def redirected_ifindexes(self) -> set[int]:
+        """Every ifindex some link's ingress filters redirect to, in this namespace (GC)."""
+        found: set[int] = set()
+        for name in self.link_names():
+            try:
+                found.update(self.redirect_targets(name))
+            except (LinkNotFound, NetlinkFailure):  # gone meanwhile, or no tc on it
+                continue
+        return found
+
     # --- IFB links -------------------------------------------------------------------------------
 
     def create_ifb(self, name: str, *, alias: str, mtu: int | None = None) -> None:

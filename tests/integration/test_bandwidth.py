@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from cni_plugin import netns
-from cni_plugin.bandwidth import ifb_name
+from cni_plugin.bandwidth import go_ifb_name, ifb_name
 from cni_plugin.firewall import attachment_tag
 from cni_plugin.netlink import tc
 from cni_plugin.spec.errors import NetlinkFailure
@@ -403,3 +403,39 @@ def test_the_ifb_is_appended_to_the_result_like_the_reference_does(installed_bin
         assert set(ifb) == {"name", "mac"} and "sandbox" not in ifb, (kind, ifb)
         assert re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", ifb["mac"]), (kind, ifb)
     assert results["pycni"][1]["interfaces"][-1]["name"] == ifb_name("respycni", "eth0")
+
+
+def test_after_a_switch_from_go_bandwidth_gc_and_del_remove_the_go_ifbs(installed_bin, host_netns, netns_factory):
+    """Issue 15: pods shaped by the Go plugin, then the network's conflist names pycni-bandwidth.
+    GC removes the Go IFBs of pods that are gone (no redirect leads to them) and keeps those in
+    use, also another network's; pycni's DEL removes the Go IFB of its own attachment."""
+    pods = {cid: netns_factory("pycni-bwpod") for cid in ("gone", "live", "elsewhere")}
+    prevs = {cid: veth_pod(host_netns, pod, f"hvsw{i}") for i, (cid, pod) in enumerate(pods.items())}
+    network = {"gone": "bwswitch", "live": "bwswitch", "elsewhere": "bwother"}
+
+    def env(verb: str, cid: str) -> dict[str, str]:
+        return bare_env(CNI_COMMAND=verb, CNI_CONTAINERID=cid, CNI_NETNS=pods[cid].path if cid else "",
+                        CNI_IFNAME="eth0", CNI_PATH=str(GO_PLUGINS))
+
+    for cid in pods:
+        conf = dict(bw_conf(prevs[cid], network[cid], **SHAPED), type="bandwidth")
+        rc, out, err = run_plugin(GO_PLUGINS / "bandwidth", env("ADD", cid), conf, netns=host_netns)
+        assert rc == 0, (cid, out, err)
+    go_names = {cid: go_ifb_name(network[cid], cid) for cid in pods}
+    assert set(ifbs(host_netns)) == set(go_names.values())  # the reference's naming, as pycni reads it
+    assert all(alias == "" for alias in ifbs(host_netns).values())
+
+    subprocess.run(["ip", "netns", "del", pods["gone"].name], check=True)  # its veth and redirect go
+    deadline = time.monotonic() + 10
+    while "hvsw0" in links_of(host_netns) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gc = bw_conf(None, "bwswitch", cniVersion="1.1.0",
+                 **{"cni.dev/valid-attachments": [{"containerID": "live", "ifname": "eth0"}]})
+    rc, out, err = run_plugin(installed_bin / "pycni-bandwidth", env("GC", ""), gc, netns=host_netns)
+    assert rc == 0, (out, err)
+    assert set(ifbs(host_netns)) == {go_names["live"], go_names["elsewhere"]}
+
+    conf = bw_conf(prevs["live"], "bwswitch", **SHAPED)
+    rc, out, err = run_plugin(installed_bin / "pycni-bandwidth", env("DEL", "live"), conf, netns=host_netns)
+    assert rc == 0, (out, err)
+    assert set(ifbs(host_netns)) == {go_names["elsewhere"]}
