@@ -13,7 +13,8 @@ in the README (section pycni-bandwidth):
   sandbox); prevResult's own entries and every IP's interface index stay as they were;
 * a burst smaller than one full-size frame is refused (the kernel would drop every such frame);
 * CHECK also verifies the IFB, its alias and the redirect; GC and STATUS exist (reference: none);
-* DEL also deletes the IFB the reference made for the same network and container ID, and GC the
+* DEL also deletes the IFB the reference made for the same network and container ID (unless
+  another link still redirects to it), and GC the
   reference's IFBs no link redirects to any more (a network switched from Go bandwidth to pycni).
 
 Units: rates in bits per second, bursts in bits (CONVENTIONS.md `bandwidth` capability); the
@@ -402,6 +403,15 @@ def _remove_veth_qdiscs(host: tc.TrafficControl, args: CmdArgs, prev: Result, if
         host.delete_ingress_qdisc(host_veth)
 
 
+def _host_veth_or_none(host: tc.TrafficControl, args: CmdArgs, prev: Result | None) -> str | None:
+    if prev is None or not args.netns:
+        return None
+    try:
+        return find_host_veth(host, prev, args.netns, args.ifname)
+    except (NetnsNotFound, InvalidNetns, InvalidConfig):
+        return None
+
+
 def delete(args: CmdArgs) -> None:
     network = _network(args)
     tag = attachment_tag(args.container_id, args.ifname)
@@ -419,10 +429,14 @@ def delete(args: CmdArgs) -> None:
         if ifb is not None:
             sweep.run(host.delete_link, name)
         # Set up by the Go reference before the network switched to pycni: its name is bound to
-        # this network and container ID, and it carries no alias (a pycni IFB always does).
+        # this network and container ID, and it carries no alias (a pycni IFB always does). It
+        # stays while a link other than this attachment's host veth still redirects to it.
         go = host.ifb(go_ifb_name(network, args.container_id))
         if go is not None and looks_like_go_ifb(go.name, go.alias):
-            sweep.run(host.delete_link, go.name)
+            ours = _host_veth_or_none(host, args, prev)
+            users = {name for name, targets in host.redirects().items() if go.index in targets} - {ours}
+            if not users:
+                sweep.run(host.delete_link, go.name)
     sweep.finish()
 
 
@@ -492,7 +506,8 @@ def gc(args: CmdArgs) -> None:
         # IFBs the Go reference left behind (a network switched from it to pycni): gone pods only.
         go = [(i.name, i.index, i.alias) for i in ifbs if looks_like_go_ifb(i.name, i.alias)]
         if go:
-            for name in stale_go_ifbs(go, host.redirected_ifindexes(), network, (cid for cid, _ in valid)):
+            redirected = {t for targets in host.redirects().values() for t in targets}
+            for name in stale_go_ifbs(go, redirected, network, (cid for cid, _ in valid)):
                 sweep.run(host.delete_link, name)
     sweep.finish()
 
