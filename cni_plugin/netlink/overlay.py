@@ -109,8 +109,8 @@ class Overlay(Netlink):
         return [info for info in map(_vxlan_info, msgs) if info is not None]
 
     def vxlan(self, name: str) -> VxlanInfo | None:
-        """The VXLAN link `name`; None when there is none. A link of that name of another kind is
-        reported as a VxlanInfo-less LinkConflict by the caller (see `link`)."""
+        """The VXLAN link `name`; None when there is no VXLAN link of that name (a link of
+        another kind may still hold the name: the caller checks with `link_exists`)."""
         return next((v for v in self.vxlan_links() if v.name == name), None)
 
     def create_vxlan(

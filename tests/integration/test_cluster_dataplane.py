@@ -139,15 +139,17 @@ class Cluster:
         cidrs = (self.cidr4, self.cidr6) if self.dual_stack else (self.cidr4,)
         return ClusterConfig(cluster_cidrs=cidrs, backend=backend, vxlan_device=VXLAN)
 
-    def desired(self, node: Node, backend: str, names: list[str] | None = None) -> planmod.Desired:
+    def desired(
+        self, node: Node, backend: str, names: list[str] | None = None, underlay: int = 4
+    ) -> planmod.Desired:
         records = [n.record() for n in self.nodes.values() if names is None or n.name in names]
-        facts = node.dp.local_facts(node.address)
+        facts = node.dp.local_facts(node.address if underlay == 4 else node.address6)
         return planmod.plan(self.config(backend), node.record(), records, facts)
 
-    def apply_all(self, backend: str) -> dict[str, planmod.Desired]:
+    def apply_all(self, backend: str, underlay: int = 4) -> dict[str, planmod.Desired]:
         out = {}
         for node in self.nodes.values():
-            desired = self.desired(node, backend)
+            desired = self.desired(node, backend, underlay=underlay)
             report = node.dp.apply(desired)
             assert not report.errors, (node.name, report.errors)
             # The pod's MTU is what the plan says (the bridge plugin gets it from the same value).
@@ -260,6 +262,19 @@ def test_dual_stack_with_ipv6_pod_subnets(cluster6, backend):
     assert n1.ns.run("sysctl", "-n", "net.ipv6.conf.all.forwarding").stdout.strip() == "1"
     again = n1.dp.apply(cluster6.desired(n1, backend))
     assert not again.changed and not again.errors
+
+
+def test_vxlan_over_an_ipv6_underlay(cluster6):
+    n1, n2 = cluster6.add_node("n1", 1), cluster6.add_node("n2", 2)
+    desired = cluster6.apply_all("vxlan", underlay=6)
+    assert desired["n1"].pod_mtu == 1430  # 1500 - 70
+    info = n1.ns.ip_json("-d", "link", "show", VXLAN)[0]["linkinfo"]["info_data"]
+    assert str(n1.address6) in (info.get("local"), info.get("local6")), info
+    assert str(n2.address6) in n1.ns.run("bridge", "fdb", "show", "dev", VXLAN).stdout
+    ping(n1.pod, n2.pod_ip(4))
+    ping(n1.pod, n2.pod_ip(6))
+    assert seen_source(n2.pod, n2.pod_ip(4), n1.pod) == str(n1.pod_ip(4))
+    assert not n1.dp.apply(cluster6.desired(n1, "vxlan", underlay=6)).changed
 
 
 def test_removing_a_peer_removes_its_entries_and_foreign_routes_survive(cluster):
