@@ -3,7 +3,8 @@
     claim      get (or keep) this node's subnet(s) and publish its address and VTEP MAC
     list       every node's record
     plan       desired = plan(config, me, nodes, local facts)               (pure, plan.py)
-    apply      diff against what pycni tagged in the kernel, apply the rest (dataplane.py)
+    apply      diff against what pycni tagged in the kernel, apply the rest, and the masquerade
+               of traffic leaving the cluster CIDR                           (dataplane.py)
     conflist   the node's conflist on its subnet, written atomically          (conflist.py)
     status     the status file `pycni cluster status` and bridge STATUS read  (status.py)
 
@@ -52,8 +53,6 @@ class DataplanePort(Protocol):
     def local_facts(self, node_address: IPAddress) -> Any: ...
 
     def apply(self, desired: Any) -> Any: ...
-
-    def apply_masquerade(self, config: ClusterConfig, me: NodeRecord) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -309,8 +308,7 @@ class Controller:
         address = self.settings.node_addresses[0]
         facts = self.dataplane.local_facts(address)
         desired = self.planner(config, me, snapshot.nodes, facts)
-        self.last_report = self.dataplane.apply(desired)
-        self.dataplane.apply_masquerade(config, me)
+        self.last_report = self.dataplane.apply(desired)  # routes, FDB, neighbours, masquerade
         self.peers = [
             {
                 "name": p.name,

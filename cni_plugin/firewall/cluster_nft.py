@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from . import cluster_render as cr
-from . import render
+from . import lock, render
 from .nftables import NftRunner
 
 
@@ -17,24 +17,26 @@ class NftClusterMasquerade:
 
     def apply(self, rules: cr.Rules) -> bool:
         """Put exactly `rules` in the chain (no rules: remove it); False when it already held them."""
-        listing = self._nft.listing(render.FAMILY)
         if not rules:
-            script = cr.render_remove(listing)
-        elif cr.is_current(listing, rules):
-            script = ""
-        else:
-            script = cr.render_apply(rules)
-        if not script:
-            return False
-        self._nft.run(["-f", "-"], script, "cluster masquerade setup")
+            return self.remove()
+        # Shared: a plugin's last DEL (exclusive) never deletes the table under this transaction.
+        with lock.tables():
+            listing = self._nft.listing(render.FAMILY)
+            if cr.is_current(listing, rules):
+                return False
+            self._nft.run(["-f", "-"], cr.render_apply(rules), "cluster masquerade setup")
         return True
 
     def remove(self) -> bool:
-        """Delete the chain; False when it was not there."""
-        script = cr.render_remove(self._nft.listing(render.FAMILY))
-        if not script:
-            return False
-        self._nft.run(["-f", "-"], script, "cluster masquerade removal")
+        """Delete the chain (and the table, when nothing else of pycni's is left in it); False when
+        it was not there."""
+        with lock.tables(exclusive=True):
+            listing = self._nft.listing(render.FAMILY)
+            script = cr.render_remove(listing)
+            if not script:
+                return False
+            lines = render.with_table_teardown(listing, script.splitlines())
+            self._nft.run(["-f", "-"], "\n".join(lines) + "\n", "cluster masquerade removal")
         return True
 
     def rules(self) -> list[dict[str, Any]]:
