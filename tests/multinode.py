@@ -715,6 +715,20 @@ class Topology:
         sh("ip", "netns", "exec", self.router, self.python, "-c", code, f"{self.etcd.endpoint}/v3/kv/put", body)
         return doc
 
+    def read_etcd_key(self, key: str) -> bytes | None:
+        """The value at `key` (v3 JSON gateway, from the router namespace), or None when absent."""
+        assert self.etcd is not None
+        import base64
+
+        body = json.dumps({"key": base64.b64encode(key.encode()).decode()})
+        code = ("import urllib.request, sys; r = urllib.request.Request(sys.argv[1], data=sys.argv[2].encode(), "
+                "headers={'Content-Type': 'application/json'}); "
+                "sys.stdout.write(urllib.request.urlopen(r, timeout=5).read().decode())")
+        out = sh("ip", "netns", "exec", self.router, self.python, "-c", code, f"{self.etcd.endpoint}/v3/kv/range",
+                 body).stdout
+        kvs = json.loads(out).get("kvs") or []
+        return base64.b64decode(kvs[0]["value"]) if kvs else None
+
     # --- teardown --------------------------------------------------------------------------------
 
     def teardown(self) -> None:

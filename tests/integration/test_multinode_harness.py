@@ -69,6 +69,10 @@ def test_one_segment_three_nodes(tmp_path, installed_bin):
             assert {"bridge", "host-local", "loopback", "portmap"} <= {p.name for p in node.bin_dir.iterdir()}
             assert str(node.agent_socket) in (node.bin_dir / "bridge").read_text()  # this node's socket
 
+        doc = topo.write_etcd_config("host-gw")
+        assert json.loads(topo.read_etcd_key("/pycni/config") or b"null") == doc
+        assert doc["clusterCIDRs"] == [str(topo.cluster_cidrs[0])] and doc["backend"] == {"type": "host-gw"}
+
         _wire_static(topo)
         assert len(topo.pods) == 6
         _assert_no_nat(mn.matrix(topo.pods, topo.pods))
