@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import signal
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -154,3 +157,19 @@ def test_teardown_on_failure_and_interrupt(tmp_path, installed_bin):
             node.add_pod("p0")
             raise KeyboardInterrupt
     _assert_gone(topo)
+
+
+def test_cluster_demo_no_agent(installed_bin):
+    """scripts/cluster-demo's topology, pods, matrix and teardown (the agent-free path)."""
+    proc = subprocess.run(
+        [sys.executable, str(mn.REPO / "scripts" / "cluster-demo"), "--nodes", "2", "--segments", "2",
+         "--pods-per-node", "1", "--no-agent", "--prefix", str(_prefix_of(installed_bin))],
+        capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "2/2 pairs reached with the sender's own address" in proc.stdout, proc.stdout
+    assert "PASS" in proc.stdout
+    tag = re.search(r"netns (pcd\w+)-n1", proc.stdout)
+    assert tag, proc.stdout
+    assert not [n for n in mn.sh("ip", "netns", "list").stdout.split() if n.startswith(tag.group(1))]
+    assert not [p for p in Path("/tmp").glob(f"{tag.group(1)}-*")]
