@@ -49,10 +49,19 @@ def ip(ns: Netns, *argv: str) -> None:
     subprocess.run(["ip", "-n", ns.name, *argv], check=True, capture_output=True)
 
 
-def bird_routes(ns: Netns) -> dict[str, dict]:
+def bird_routes(ns: Netns, family: str = "-4") -> dict[str, dict]:
     """The kernel's routes carrying BIRD's protocol number, by destination."""
     names = ("bird", str(PROTOCOL_NUMBER))
-    return {r["dst"]: r for r in ns.ip_json("-4", "route", "show") if r.get("protocol") in names}
+    return {r["dst"]: r for r in ns.ip_json(family, "route", "show") if r.get("protocol") in names}
+
+
+def reach(ns: Netns, address: object) -> None:
+    """One ping answered, within three tries (IPv6's first packet may wait on neighbour discovery)."""
+    family = "-6" if ipaddress.ip_address(str(address)).version == 6 else "-4"
+    for _ in range(3):
+        if ns.run("ping", family, "-c", "1", "-W", "1", str(address), check=False).returncode == 0:
+            return
+    raise AssertionError(f"{ns.name} cannot reach {address}")
 
 
 def wait_for(predicate, timeout: float, interval: float = 0.05) -> float:
@@ -74,15 +83,22 @@ class Node:
     segment: ipaddress.IPv4Network
     subnet: ipaddress.IPv4Network
     dir: Path
+    address6: ipaddress.IPv6Address
+    segment6: ipaddress.IPv6Network
+    subnet6: ipaddress.IPv6Network
     bird: Bird | None = None
 
     @property
     def record(self) -> NodeRecord:
-        return NodeRecord(self.name, (self.subnet,), (self.address,), backend="bgp")
+        return NodeRecord(self.name, (self.subnet, self.subnet6), (self.address, self.address6), backend="bgp")
 
     @property
     def pod_ip(self) -> ipaddress.IPv4Address:
         return self.subnet.network_address + 2
+
+    @property
+    def pod_ip6(self) -> ipaddress.IPv6Address:
+        return self.subnet6.network_address + 2
 
 
 @dataclass
@@ -99,10 +115,11 @@ class Cluster:
 
     def render(self, node: Node, members: list[Node] | None = None) -> str:
         others = [n.record for n in (members if members is not None else self.nodes)]
-        return render_bird_config(self.config, node.record, others, local_networks=[node.segment])
+        return render_bird_config(self.config, node.record, others, local_networks=[node.segment, node.segment6])
 
 
-def _router_config(router_id: str, nodes: list[Node], cluster_cidr: ipaddress.IPv4Network) -> str:
+def _router_config(router_id: str, nodes: list[Node], cluster_cidr: ipaddress.IPv4Network,
+                   cluster_cidr6: ipaddress.IPv6Network) -> str:
     """The ToR's own BIRD: eBGP to every node, next hop self, pod routes into its kernel."""
     lines = [
         f"router id {router_id};",
@@ -112,12 +129,18 @@ def _router_config(router_id: str, nodes: list[Node], cluster_cidr: ipaddress.IP
         "  ipv4 { import none; export where source = RTS_BGP; };",
         "  learn off;",
         "}",
+        "protocol kernel {",
+        "  ipv6 { import none; export where source = RTS_BGP; };",
+        "  learn off;",
+        "}",
         "template bgp nodes {",
         f"  local as {ROUTER_AS};",
         "  direct;",
         "  hold time 3; keepalive time 1; connect retry time 1; connect delay time 1; error wait time 1, 2;",
         "  graceful restart on; graceful restart time 30;",
         f"  ipv4 {{ import where net ~ [ {cluster_cidr}{{{cluster_cidr.prefixlen},32}} ]; export all;",
+        "    next hop self; };",
+        f"  ipv6 {{ import where net ~ [ {cluster_cidr6}{{{cluster_cidr6.prefixlen},128}} ]; export all;",
         "    next hop self; };",
         "}",
     ]
@@ -147,14 +170,21 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
     try:
         base = tmp_path_factory.mktemp("bgp")
         cidr = free_subnet(4, 16)
+        cidr6 = free_subnet(6, 56)
+        seg6 = list(free_subnet(6, 63).subnets(new_prefix=64))
+        while any(s.overlaps(cidr6) for s in seg6):
+            seg6 = list(free_subnet(6, 63).subnets(new_prefix=64))
         seg_a, seg_b = free_subnet(4, 24), free_subnet(4, 24)
         while seg_a.overlaps(seg_b) or seg_a.overlaps(cidr) or seg_b.overlaps(cidr):
             seg_a, seg_b = free_subnet(4, 24), free_subnet(4, 24)
         pod_subnets = list(cidr.subnets(new_prefix=24))[1:4]
+        pod_subnets6 = list(cidr6.subnets(new_prefix=64))[1:4]
         r_a, r_b = seg_a.network_address + 1, seg_b.network_address + 1
+        r6 = {"a": seg6[0].network_address + 1, "b": seg6[1].network_address + 1}
 
         router = netns("pycni-bgp-r")
         sh(router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+        sh(router, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
         segments = {}
         for label, seg, r_addr in (("a", seg_a, r_a), ("b", seg_b, r_b)):
             ul = netns(f"pycni-bgp-ul{label}")
@@ -163,42 +193,52 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
             _veth(router, f"seg{label}", ul, "rt")
             ip(ul, "link", "set", "rt", "master", "br0", "up")
             ip(router, "addr", "add", f"{r_addr}/{seg.prefixlen}", "dev", f"seg{label}")
+            ip(router, "addr", "add", f"{r6[label]}/64", "dev", f"seg{label}", "nodad")
             ip(router, "link", "set", f"seg{label}", "up")
             segments[label] = (ul, seg, r_addr)
 
         config = parse_cluster_config({
-            "clusterCIDRs": [str(cidr)],
+            "clusterCIDRs": [str(cidr), str(cidr6)],
             "backend": {"type": "bgp", "asNumber": NODE_AS, "nodeToNodeMesh": True, **TIMERS,
                         "peers": [{"address": str(r), "asNumber": ROUTER_AS, "password": ROUTER_PASSWORD}
                                   for r in (r_a, r_b)]},
         })
         nodes = []
-        for i, (label, subnet) in enumerate(zip(("a", "a", "b"), pod_subnets, strict=True), start=1):
+        for i, (label, subnet, subnet6) in enumerate(zip(("a", "a", "b"), pod_subnets, pod_subnets6, strict=True),
+                                                     start=1):
             ul, seg, r_addr = segments[label]
+            segment6 = seg6[0] if label == "a" else seg6[1]
+            address6 = segment6.network_address + 10 + i
             node_ns, pod_ns = netns(f"pycni-bgp-n{i}"), netns(f"pycni-bgp-p{i}")
             address = seg.network_address + 10 + i
             _veth(node_ns, "eth0", ul, f"n{i}")
             ip(ul, "link", "set", f"n{i}", "master", "br0", "up")
             ip(node_ns, "addr", "add", f"{address}/{seg.prefixlen}", "dev", "eth0")
             ip(node_ns, "link", "set", "eth0", "up")
+            ip(node_ns, "addr", "add", f"{address6}/64", "dev", "eth0", "nodad")
             ip(node_ns, "route", "add", "default", "via", str(r_addr))
+            ip(node_ns, "-6", "route", "add", "default", "via", str(r6[label]))
             sh(node_ns, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            sh(node_ns, "sysctl", "-qw", "net.ipv6.conf.all.forwarding=1")
             # The node's pod bridge (what the bridge plugin makes) and one pod behind it.
             ip(node_ns, "link", "add", "cni0", "type", "bridge")
             ip(node_ns, "addr", "add", f"{subnet.network_address + 1}/24", "dev", "cni0")
+            ip(node_ns, "addr", "add", f"{subnet6.network_address + 1}/64", "dev", "cni0", "nodad")
             ip(node_ns, "link", "set", "cni0", "up")
             _veth(node_ns, "veth0", pod_ns, "eth0")
             ip(node_ns, "link", "set", "veth0", "master", "cni0", "up")
             ip(pod_ns, "addr", "add", f"{subnet.network_address + 2}/24", "dev", "eth0")
+            ip(pod_ns, "addr", "add", f"{subnet6.network_address + 2}/64", "dev", "eth0", "nodad")
             ip(pod_ns, "link", "set", "eth0", "up")
             ip(pod_ns, "route", "add", "default", "via", str(subnet.network_address + 1))
+            ip(pod_ns, "-6", "route", "add", "default", "via", str(subnet6.network_address + 1))
             d = base / f"n{i}"
-            nodes.append(Node(f"node-{i}", node_ns, pod_ns, address, seg, subnet, d))
+            nodes.append(Node(f"node-{i}", node_ns, pod_ns, address, seg, subnet, d, address6, segment6, subnet6))
 
         router_dir = base / "router"
         router_bird = Bird(router.path, router_dir / "bird.conf", router_dir / "bird.ctl", router_dir / "bird.pid")
         birds.append(router_bird)
-        router_bird.start(_router_config(str(r_a), nodes, cidr))
+        router_bird.start(_router_config(str(r_a), nodes, cidr, cidr6))
         router_bird.wait_ready()
         cl = Cluster(config, nodes, router, router_bird, made)
 
@@ -214,7 +254,8 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         deadline = time.monotonic() + 30
         while pending and time.monotonic() < deadline:
             for owner, seer in sorted(pending):
-                if str(cl.node(owner).subnet) in bird_routes(cl.node(seer).ns):
+                o, s = cl.node(owner), cl.node(seer).ns
+                if str(o.subnet) in bird_routes(s) and str(o.subnet6) in bird_routes(s, "-6"):
                     pending.discard((owner, seer))
                     took = time.monotonic() - started[owner]
                     cl.convergence[owner] = max(cl.convergence.get(owner, 0.0), took)
@@ -254,9 +295,15 @@ def test_sessions_established_and_routes_carry_birds_protocol(cluster: Cluster) 
     # Same segment: straight to the peer node; across segments: via the router.
     assert bird_routes(n1.ns)[str(n2.subnet)]["gateway"] == str(n2.address)
     assert bird_routes(n1.ns)[str(n3.subnet)]["gateway"] == str(n1.segment.network_address + 1)
-    assert set(bird_routes(cluster.router)) == {
-        str(n.subnet) for n in cluster.nodes
-    }
+    assert set(bird_routes(cluster.router)) == {str(n.subnet) for n in cluster.nodes}
+    # IPv6 over the same sessions (multiprotocol): one route per other node, BIRD's protocol too.
+    for node in cluster.nodes:
+        routes6 = bird_routes(node.ns, "-6")
+        assert set(routes6) == {str(m.subnet6) for m in cluster.nodes if m is not node}, (node.name, routes6)
+    # The IPv6 next hops are the peers' global underlay addresses, on-link, like IPv4's.
+    assert bird_routes(n1.ns, "-6")[str(n2.subnet6)]["gateway"] == str(n2.address6)
+    assert bird_routes(n1.ns, "-6")[str(n3.subnet6)]["gateway"] == str(n1.segment6.network_address + 1)
+    assert set(bird_routes(cluster.router, "-6")) == {str(n.subnet6) for n in cluster.nodes}
 
 
 def _tcp_source_seen(server: Node, client: Netns) -> str:
@@ -282,13 +329,15 @@ def test_pods_across_segments_reach_each_other_without_nat_or_tunnel(cluster: Cl
         kinds = {link.get("linkinfo", {}).get("info_kind") for link in node.ns.ip_json("-d", "link", "show")}
         assert not kinds & {"vxlan", "ipip", "gre", "geneve", "wireguard"}, kinds
     for a, b in ((n1, n3), (n3, n1), (n1, n2), (n3, n2)):
-        a.pod.run("ping", "-c", "1", "-W", "1", str(b.pod_ip))
+        reach(a.pod, b.pod_ip)
+        reach(a.pod, b.pod_ip6)
     # No NAT: the server in pod3 sees pod1's own address, and pod1's server sees pod3's.
     assert _tcp_source_seen(n3, n1.pod) == str(n1.pod_ip)
     assert _tcp_source_seen(n1, n3.pod) == str(n3.pod_ip)
     # A client outside the cluster (the router's namespace) reaches pods by their pod address.
     for node in cluster.nodes:
-        cluster.router.run("ping", "-c", "1", "-W", "1", str(node.pod_ip))
+        reach(cluster.router, node.pod_ip)
+        reach(cluster.router, node.pod_ip6)
 
 
 def test_invalid_config_is_refused_and_the_running_one_stays(cluster: Cluster) -> None:
@@ -364,9 +413,13 @@ def test_node_leaving_withdraws_its_subnet_everywhere(cluster: Cluster) -> None:
     assert n2.bird is not None
     gone = str(n2.subnet)
     n2.bird.stop()  # SIGTERM: BIRD says goodbye (Cease) and every peer withdraws at once
-    took = wait_for(lambda: all(gone not in bird_routes(n.ns) for n in (n1, n3))
-                    and gone not in bird_routes(cluster.router),
-                    10)
+    gone6 = str(n2.subnet6)
+
+    def withdrawn() -> bool:
+        return all(gone not in bird_routes(ns) and gone6 not in bird_routes(ns, "-6")
+                   for ns in (n1.ns, n3.ns, cluster.router))
+
+    took = wait_for(withdrawn, 10)
     print(f"\nnode-2 left: its subnet withdrawn everywhere in {took:.2f} s")
     # The rest of the cluster is untouched.
     assert str(n3.subnet) in bird_routes(n1.ns)
