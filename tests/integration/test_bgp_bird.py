@@ -408,6 +408,24 @@ def _sessions(bird: Bird) -> list[dict[str, str]]:
         return []
 
 
+def test_a_new_agent_adopts_the_running_bird_without_a_flap(cluster: Cluster) -> None:
+    """The agent restarts: the new one finds BIRD on its socket and pid file and keeps it."""
+    n1 = cluster.nodes[0]
+    old = n1.bird
+    assert old is not None and old.pid is not None
+    pid, before = old.pid, {r["name"]: r["since"] for r in old.sessions()}
+    old.detach()
+    new = Bird(n1.ns.path, old.config_path, old.control.path, old.pid_file, backoff=(0.5, 2.0))
+    n1.bird = new
+    new.start(cluster.render(n1))
+    assert new.pid == pid  # the same process: no second BIRD, no restart
+    assert {r["name"]: r["since"] for r in new.sessions()} == before  # no session went down
+    # The adopted BIRD is supervised too: killed, it is started again.
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: new.restarts == 1 and new.pid not in (None, pid), 10)
+    wait_for(lambda: len(_sessions(new)) == 2 and all(r["info"] == "Established" for r in _sessions(new)), 15)
+
+
 def test_node_leaving_withdraws_its_subnet_everywhere(cluster: Cluster) -> None:
     n1, n2, n3 = cluster.nodes
     assert n2.bird is not None
@@ -421,6 +439,9 @@ def test_node_leaving_withdraws_its_subnet_everywhere(cluster: Cluster) -> None:
 
     took = wait_for(withdrawn, 10)
     print(f"\nnode-2 left: its subnet withdrawn everywhere in {took:.2f} s")
+    # `persist`: the stopped BIRD left its routes in node-2's kernel (they never block anything
+    # there: nobody announces to it any more, and pycni's reconcile does not own them).
+    assert str(n1.subnet) in bird_routes(n2.ns)
     # The rest of the cluster is untouched.
     assert str(n3.subnet) in bird_routes(n1.ns)
     n1.pod.run("ping", "-c", "1", "-W", "1", str(n3.pod_ip))

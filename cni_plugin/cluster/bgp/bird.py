@@ -125,6 +125,20 @@ def parse_protocols(reply: list[tuple[int, str]]) -> list[dict[str, str]]:
     return rows
 
 
+def _alive(pid: int) -> bool:
+    """Whether `pid` runs (a zombie does not: it died and waits for a parent to reap it)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False  # it was our own child and has just been reaped
+    except ChildProcessError:
+        pass  # not our child (the usual case for an adopted BIRD)
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+    return state not in ("Z", "X")
+
+
 def _check_errors(reply: list[tuple[int, str]]) -> None:
     errors = [text for code, text in reply if code >= 8000]
     if errors:
@@ -253,10 +267,13 @@ class Bird:
         self._thread.start()
 
     def _running_pid(self) -> int | None:
+        """The pid in the pid file, if that process is alive and is a BIRD (pids get reused)."""
         try:
             pid = int(self.pid_file.read_text().strip())
-            os.kill(pid, 0)
-        except (FileNotFoundError, ValueError, ProcessLookupError, PermissionError):
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+        except (FileNotFoundError, ProcessLookupError, ValueError):
+            return None
+        if comm != Path(self.bird_bin).name[:15] or not _alive(pid):
             return None
         return pid
 
@@ -298,9 +315,7 @@ class Bird:
             return None
         pid = self._adopted_pid
         while pid is not None and not self._stopping.wait(0.5):
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
+            if not _alive(pid):
                 self._adopted_pid = None
                 return -1
         return None
@@ -328,6 +343,15 @@ class Bird:
             self.restarts += 1
             if self.on_restart is not None:
                 self.on_restart(self.restarts)
+
+    def detach(self, timeout: float = 10.0) -> None:
+        """Stop supervising but leave BIRD running (an agent exiting to be replaced: the next one adopts it)."""
+        self._stopping.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+        self._proc = None
+        self._adopted_pid = None
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop supervising and end BIRD (SIGTERM, then SIGKILL). Kernel routes stay (`persist`)."""
