@@ -29,7 +29,14 @@ from pathlib import Path
 
 import pytest
 
-from cni_plugin.cluster.bgp import PROTOCOL_NUMBER, Bird, BirdConfigError, BirdUnavailable, render_bird_config
+from cni_plugin.cluster.bgp import (
+    PROTOCOL_NUMBER,
+    BgpBackend,
+    Bird,
+    BirdConfigError,
+    BirdUnavailable,
+    render_bird_config,
+)
 from cni_plugin.cluster.model import ClusterConfig, NodeRecord, parse_cluster_config
 from tests.conftest import Netns, _add_netns, _del_netns, free_subnet
 
@@ -244,11 +251,16 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
 
         started = {}
         for node in nodes:
-            node.bird = Bird(node.ns.path, node.dir / "bird.conf", node.dir / "bird.ctl", node.dir / "bird.pid",
-                             backoff=(0.5, 2.0))
+            # The controller's entry point: BgpBackend.sync() renders, starts or reloads BIRD.
+            backend = BgpBackend(node.dir, node.ns.path, backoff=(0.5, 2.0))
+            node.bird = backend.bird
             birds.append(node.bird)
-            node.bird.start(cl.render(node))
+            result = backend.sync(cl.config, node.record, [n.record for n in nodes], [node.segment, node.segment6])
             started[node.name] = time.monotonic()
+            others = sorted(n.name for n in nodes if n.segment != node.segment)
+            assert result.changed and list(result.unmeshed) == others
+            assert len(result.other_routers) == 1 and ipaddress.ip_address(result.other_routers[0]) not in node.segment
+            assert backend.status()["running"] is True
         # Convergence: from a node's BIRD start until its subnet is in every other node's kernel.
         pending = {(n.name, m.name) for n in nodes for m in nodes if n is not m}
         deadline = time.monotonic() + 30

@@ -4,11 +4,14 @@ render.py is pure (cluster config + node records -> BIRD config text); bird.py r
 the BIRD process (start, supervise, atomic reload, session state) over its control socket.
 """
 
+from .backend import BgpBackend, BgpSyncResult
 from .bird import Bird, BirdConfigError, BirdError, BirdUnavailable
 from .render import PROTOCOL_NUMBER, mesh_peers, render_bird_config, router_id_for, router_peers
 
 __all__ = [
     "PROTOCOL_NUMBER",
+    "BgpBackend",
+    "BgpSyncResult",
     "Bird",
     "BirdConfigError",
     "BirdError",

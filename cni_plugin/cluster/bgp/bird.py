@@ -48,6 +48,7 @@ CODE_NOTHING_TO_DO = 19
 CODE_CONFIG_OK = 20
 CODE_PROTOCOL_LIST = 1002
 CODE_PROTOCOL_HEADER = 2002
+SUN_PATH_MAX = 107  # sockaddr_un.sun_path holds 108 bytes with the terminating NUL
 _SINCE = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?|\S+"
 _PROTOCOL_LINE = re.compile(rf"^(\S+)\s+(\S+)\s+(\S+)\s+(\S+)\s+({_SINCE})\s*(.*?)\s*$")
 
@@ -162,6 +163,8 @@ class Bird:
     ) -> None:
         self.netns_path = netns_path
         self.config_path = Path(config_path)
+        if len(os.fsencode(control_socket)) > SUN_PATH_MAX:
+            raise BirdError(f"control socket path longer than {SUN_PATH_MAX} bytes: {control_socket}")
         self.control = BirdControl(control_socket)
         self.pid_file = Path(pid_file)
         self.log_path = Path(log_path) if log_path else self.config_path.with_suffix(".log")
