@@ -174,6 +174,7 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         return made[-1]
 
     birds: list[Bird] = []
+    nodes: list[Node] = []
     try:
         base = tmp_path_factory.mktemp("bgp")
         cidr = free_subnet(4, 16)
@@ -210,7 +211,6 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
                         "peers": [{"address": str(r), "asNumber": ROUTER_AS, "password": ROUTER_PASSWORD}
                                   for r in (r_a, r_b)]},
         })
-        nodes = []
         for i, (label, subnet, subnet6) in enumerate(zip(("a", "a", "b"), pod_subnets, pod_subnets6, strict=True),
                                                      start=1):
             ul, seg, r_addr = segments[label]
@@ -282,7 +282,8 @@ def cluster(tmp_path_factory) -> Iterator[Cluster]:
         print(f"\nconvergence (BIRD start -> subnet in every peer's kernel): {cl.convergence}")
         yield cl
     finally:
-        for bird in reversed(birds):
+        # The BIRDs the tests run now (a test may have replaced one), then every one ever started.
+        for bird in [n.bird for n in nodes if n.bird is not None] + birds[::-1]:
             bird.stop()
         for ns in reversed(made):
             _del_netns(ns)
