@@ -192,3 +192,19 @@ def test_error_replies_raise_with_birds_message() -> None:
     with pytest.raises(BirdConfigError, match="syntax error"):
         _check_errors(reply)
     _check_errors(BirdControl._reply(io.StringIO("0002-Reading configuration from /x.conf\n0020 Configuration OK\n")))
+
+
+@pytest.mark.skipif(not os.path.exists("/usr/sbin/bird"), reason="bird2 is not installed")
+def test_ipv6_only_node_renders_a_config_bird_accepts() -> None:
+    router = {"address": "2001:db8::1", "asNumber": 65000}
+    config = parse_cluster_config({"clusterCIDRs": ["fd00:10:244::/56"], "backend": {"type": "bgp", "peers": [router]}})
+    me = NodeRecord("v6-a", (net("fd00:10:244:1::/64"),), (addr("2001:db8::a"),))
+    peer = NodeRecord("v6-b", (net("fd00:10:244:2::/64"),), (addr("2001:db8::b"),))
+    text = render_bird_config(config, me, [peer], local_networks=[net("2001:db8::/64")])
+    assert f"router id {router_id_for(me)};" in text and "ipv4" not in text
+    assert "neighbor 2001:db8::b as 64512;" in text and "source address 2001:db8::a;" in text
+    with tempfile.NamedTemporaryFile("w", suffix=".conf") as fh:
+        fh.write(text)
+        fh.flush()
+        proc = subprocess.run(["/usr/sbin/bird", "-p", "-c", fh.name], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
