@@ -701,11 +701,12 @@ class Topology:
                        "proto", "static")
 
     def write_etcd_config(self, backend: str, subnet_len: int = 24, ipv6_subnet_len: int = 64,
-                          key: str = "/pycni/config") -> dict[str, Any]:
-        """The cluster config document at `key`, put through etcd's v3 JSON gateway from the router ns."""
+                          key: str = "/pycni/config", **backend_keys: Any) -> dict[str, Any]:
+        """The cluster config document at `key`, put through etcd's v3 JSON gateway from the router ns.
+        `backend_keys` go into the backend object (e.g. asNumber=64512, peers=[...] for bgp)."""
         assert self.etcd is not None
         doc = {"clusterCIDRs": [str(c) for c in self.cluster_cidrs], "subnetLen": subnet_len,
-               "ipv6SubnetLen": ipv6_subnet_len, "backend": {"type": backend}}
+               "ipv6SubnetLen": ipv6_subnet_len, "backend": {"type": backend, **backend_keys}}
         import base64
 
         body = json.dumps({"key": base64.b64encode(key.encode()).decode(),

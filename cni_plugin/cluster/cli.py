@@ -124,6 +124,8 @@ def status_command(status_file: str, as_json: bool) -> None:
                f"last sync {_sync_age(status)}")
     if status.get("lastError"):
         click.echo(f"last error {status['lastError']}")
+    if status.get("bgp"):
+        _print_bgp(status["bgp"])
     peers = status.get("peers", [])
     unreachable = sum(1 for p in peers if p.get("via") == "unreachable")
     click.echo(f"peers      {len(peers)}" + (f" ({unreachable} UNREACHABLE)" if unreachable else ""))
@@ -134,6 +136,15 @@ def status_command(status_file: str, as_json: bool) -> None:
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         for row in rows:
             click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+
+
+def _print_bgp(bgp: dict[str, Any]) -> None:
+    state = "running" if bgp.get("running") else "NOT RUNNING"
+    click.echo(f"bgp        BIRD {state}, restarts {bgp.get('restarts', 0)}"
+               + (f", error: {bgp['error']}" if bgp.get("error") else ""))
+    for session in bgp.get("sessions", []):
+        click.echo(f"  {session.get('name', '')}  {session.get('state', '')}  since {session.get('since', '')}  "
+                   f"{session.get('info', '')}")
 
 
 @cluster.command("nodes")

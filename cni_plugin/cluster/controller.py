@@ -113,6 +113,7 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self._last_renew = 0.0
         self._metrics: Any = None
+        self._bgp: Any = None  # bgp.BgpBackend while the backend is bgp
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -131,6 +132,8 @@ class Controller:
         self.dirty.set()
         if self._metrics is not None:
             self._metrics.shutdown()
+        if self._bgp is not None:
+            self._bgp.detach()  # BIRD keeps its sessions and routes; the next agent adopts it
         for thread in self._threads:
             thread.join(timeout)
         try:
@@ -309,6 +312,7 @@ class Controller:
         facts = self.dataplane.local_facts(address)
         desired = self.planner(config, me, snapshot.nodes, facts)
         self.last_report = self.dataplane.apply(desired)  # routes, FDB, neighbours, masquerade
+        self._sync_bgp(config, me, snapshot, facts)
         self.peers = [
             {
                 "name": p.name,
@@ -327,6 +331,20 @@ class Controller:
             log.info("wrote %s for %s", self.settings.conf_path, ", ".join(map(str, me.subnets)))
         self.ready = True
         self.snapshot = snapshot
+
+    def _sync_bgp(self, config: ClusterConfig, me: NodeRecord, snapshot: Snapshot, facts: Any) -> None:
+        """The bgp backend: BIRD runs the rendering of the current cluster (started on first use,
+        stopped when the cluster moves to another backend, so its routes are withdrawn)."""
+        if config.backend != "bgp":
+            if self._bgp is not None:
+                self._bgp.close()
+                self._bgp = None
+            return
+        if self._bgp is None:
+            from .bgp import BgpBackend
+
+            self._bgp = BgpBackend(os.path.join(self.settings.state_dir, "bird"))
+        self._bgp.sync(config, me, snapshot.nodes, local_networks=getattr(facts, "onlink", None))
 
     # --- status --------------------------------------------------------------------------------
 
@@ -353,6 +371,7 @@ class Controller:
             "lastError": self.last_error,
             "reconciles": self.reconciles,
             "peers": self.peers,
+            "bgp": self._bgp.status() if self._bgp is not None else None,
             "applied": applied,
             "pid": os.getpid(),
         }
@@ -368,6 +387,9 @@ class Controller:
     def release(self) -> None:
         """Leave the cluster: give the subnets back and remove what pycni made in the kernel."""
         self.store.release()
+        if self._bgp is not None:
+            self._bgp.close()  # peers withdraw this node's subnets
+            self._bgp = None
         teardown = getattr(self.dataplane, "teardown", None)
         if teardown is not None:
             teardown()

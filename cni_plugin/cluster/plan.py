@@ -20,6 +20,9 @@ Backends (config.backend):
     auto     host-gw for every peer host-gw can route completely (on-link), vxlan for the rest.
              The VXLAN device exists whenever the backend is auto, so the pod MTU does not change
              when a peer moves behind a router.
+    bgp      no route from pycni: BIRD (cluster/bgp/) learns the peers' subnets over BGP and
+             installs them with its own protocol number; the plan only reports the peers (and
+             removes any pycni route left from an earlier backend).
 
 A peer that cannot be reached is a PeerPlan with via="unreachable" and the reason; a pod subnet
 that overlaps this node's or another peer's is never routed (two routes for one subnet would send
@@ -38,7 +41,7 @@ from typing import Literal
 from ..spec.types import IPAddress, IPInterface, IPNetwork
 from .model import VXLAN_OVERHEAD, ClusterConfig, NodeRecord
 
-Via = Literal["host-gw", "vxlan", "unreachable"]
+Via = Literal["host-gw", "vxlan", "bgp", "unreachable"]
 MULTICAST = {4: ipaddress.ip_network("224.0.0.0/4"), 6: ipaddress.ip_network("ff00::/8")}
 
 
@@ -200,6 +203,9 @@ def _plan_peer(
     if not usable:
         return unreachable("no pod subnet left to route")
 
+    if config.backend == "bgp":
+        acc.peers.append(PeerPlan(peer.name, tuple(usable), address, "bgp", "; ".join(notes)))
+        return None
     gw_routes: list[Route] = []
     gw_notes: list[str] = []
     if config.backend in ("host-gw", "auto"):
