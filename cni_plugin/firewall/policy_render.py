@@ -39,8 +39,9 @@ Every ADD re-declares all of it and rewrites the fw_ chains in one transaction (
 existing object is a no-op, "flush chain" + re-add is idempotent), so racing ADDs converge.
 
 The per-network objects (chain fw_N, sets fw4_N and fw6_N) go with the network's last element:
-a DEL or GC that leaves none deletes them in its transaction (`plan_removal`). Shared objects stay
-(fw_admin_*, the admin chain, the isolation sets and chains, the table). ADD, DEL and GC hold the
+a DEL or GC that leaves none deletes them in its transaction (`plan_removal`). The shared objects
+(fw_admin_*, an admin chain that holds no rule, the isolation sets and chains) go with the last
+firewall network, and the table with the last object of any pycni part in it. ADD, DEL and GC hold the
 node's firewall lock (lock.py) around list + decide + apply, so an ADD racing the last DEL cannot
 lose its elements.
 
