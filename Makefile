@@ -31,6 +31,10 @@ lint: $(VENV)/bin/python
 bundle: $(VENV)/bin/python
 	$(VENV)/bin/python scripts/bundle
 
+# The OCI image (pycni-install + pycni-agent) from the bundle, no Docker: build/bundle/pycni-image.tar
+image: bundle
+	$(VENV)/bin/python scripts/image
+
 bench:
 	$(PYTHON) scripts/bench $(BENCH_ARGS)
 
