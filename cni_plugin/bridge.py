@@ -89,6 +89,9 @@ class BridgeConf(PassThroughModel):
     enabledad: bool = Field(False, alias="enabledad")
     port_isolation: bool = Field(False, alias="portIsolation")
     disable_container_interface: bool = Field(False, alias="disableContainerInterface")
+    # pycni: the cluster controller's status file (pycni-agent writes it into the conflist it
+    # generates); STATUS answers 50 while that node has no cluster subnet.
+    cluster_status_file: str = Field("", alias="clusterStatusFile")
     ipam: IPAMSection = Field(default_factory=IPAMSection)
     dns: DNSSection | None = None
     args: dict[str, Any] | None = None
@@ -540,6 +543,12 @@ def check(args: CmdArgs) -> None:
 
 def status(args: CmdArgs) -> None:
     conf = load_conf(args, strict=False)
+    if conf.cluster_status_file:
+        from .cluster.status import not_ready_reason
+
+        reason = not_ready_reason(conf.cluster_status_file)
+        if reason:
+            raise PluginNotAvailable("the node is not ready for pods", reason)
     if conf.layer3:
         invoke.delegate_status(conf.ipam.type, args)
     if conf.ip_masq or conf.macspoofchk:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -31,7 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--drain-timeout", type=float, default=DEFAULT_DRAIN_TIMEOUT,
                         help=f"seconds to finish requests in flight on SIGTERM (default {DEFAULT_DRAIN_TIMEOUT:g})")
     parser.add_argument("--log-requests", action="store_true", help="one line per request on stderr")
+    from ..cluster.setup import add_arguments  # argparse only: the cluster modules load with --datastore
+
+    add_arguments(parser)
     opts = parser.parse_args(argv)
+    controller = None
+    if opts.datastore:
+        logging.basicConfig(stream=sys.__stderr__, level=logging.INFO,
+                            format="pycni-agent: cluster: %(message)s")
+        from ..cluster.setup import build_controller
+
+        try:
+            controller = build_controller(opts)
+        except (ValueError, OSError) as exc:
+            print(f"pycni-agent: {exc}", file=sys.stderr)
+            return 2
     settings = Settings(
         socket_path=opts.socket,
         workers=opts.workers,
@@ -40,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         log_requests=opts.log_requests,
     )
     try:
-        return Agent(settings, fault=os.environ.get(FAULT_ENV, "")).run()
+        return Agent(settings, fault=os.environ.get(FAULT_ENV, ""), controller=controller).run()
     except AgentError as exc:
         print(f"pycni-agent: {exc}", file=sys.stderr)
         return 1

@@ -140,7 +140,7 @@ def notify_ready() -> None:
 
 
 class Agent:
-    def __init__(self, settings: Settings, fault: str = "") -> None:
+    def __init__(self, settings: Settings, fault: str = "", controller: Any = None) -> None:
         if os.geteuid() != 0:
             raise AgentError("pycni-agent must run as root (it configures network namespaces)")
         if settings.workers < 1:
@@ -157,6 +157,9 @@ class Agent:
         self._identity: tuple[int, int] | None = None
         self._home = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         self._stderr = StderrRouter(sys.stderr)
+        # The cluster controller (cluster/controller.py), when the agent runs with --datastore:
+        # its own threads, in the agent's own namespace (request workers enter callers' ones).
+        self._controller = controller
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -172,12 +175,16 @@ class Agent:
             f"serving {', '.join(sorted(PLUGINS))} on {self.settings.socket_path} "
             f"(workers {self.settings.workers}, max request {self.settings.max_request} bytes)"
         )
+        if self._controller is not None:
+            self._controller.start()
         try:
             self._accept_loop(listener)
         finally:
             for sig in previous:
                 signal.signal(sig, signal.SIG_DFL)  # a second signal during the drain kills at once
             self._unlisten(listener)
+            if self._controller is not None:
+                self._controller.stop()
         return self._drain()
 
     def _on_signal(self, signum: int, frame: Any) -> None:

@@ -78,7 +78,7 @@ class ClusterConfigModel(PassThroughModel):
     clusterCIDRs: list[str] = Field(min_length=1, max_length=2)
     subnetLen: int = Field(24, ge=8, le=30)
     ipv6SubnetLen: int = Field(64, ge=48, le=126)
-    backend: BackendModel = Field(default_factory=BackendModel)
+    backend: BackendModel = Field(default_factory=lambda: BackendModel.model_validate({}))
 
     @model_validator(mode="after")
     def _check_cidrs(self) -> ClusterConfigModel:
