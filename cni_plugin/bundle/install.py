@@ -206,16 +206,45 @@ def install(source: Path, bin_dir: Path, mode: str = "prefixed", force: bool = F
             if name not in wanted:
                 _remove_entry(bin_dir, store, name, displaced_names)
         fsync_dir(bin_dir)
-        # 4. builds older than the previous one go
+        # 4. builds older than the previous one go, unless a process still runs one
         keep = {build_id, previous} if previous else {build_id}
+        busy = running_executables()
         for path in store.iterdir():
             if path.is_dir() and not path.is_symlink() and path.name not in keep and path.name != DISPLACED:
+                if _identity(path / EXECUTABLE) in busy:
+                    keep.add(path.name)
+                    continue
                 shutil.rmtree(path, ignore_errors=True)
         manifest["builds"] = sorted(p for p in keep if p and (store / p).is_dir())
         manifest["skipped"] = skipped
         write_json_synced(store / MANIFEST, manifest)
         fsync_dir(store)
     return manifest
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def running_executables() -> set[tuple[int, int] | None]:
+    """(device, inode) of every running process's executable (/proc/<pid>/exe). A plugin started
+    from an old build keeps needing its folder (PyInstaller re-executes itself by its real path and
+    imports from _internal/): such a build is not removed. Device and inode, not paths: the
+    DaemonSet's installer sees the node's files under /host (hostPID shows the node's processes)."""
+    found: set[tuple[int, int] | None] = set()
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        return found
+    for pid in pids:
+        identity = _identity(Path("/proc", pid, "exe"))
+        if identity is not None:
+            found.add(identity)
+    return found
 
 
 def _remove_entry(bin_dir: Path, store: Path, name: str, displaced: list[str]) -> None:
@@ -251,6 +280,14 @@ def uninstall(bin_dir: Path) -> list[str]:
     return names
 
 
+def prepare_run_dir(path: Path) -> None:
+    """The agent's socket directory, 0700 root (the agent refuses one that others can enter;
+    kubelet creates a missing hostPath directory 0755)."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chown(path, 0, 0)
+    os.chmod(path, 0o700)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="pycni-install",
@@ -264,6 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--force", action="store_true",
                         help="replace files of those names pycni did not install (kept; restored by --uninstall)")
     parser.add_argument("--uninstall", action="store_true", help="remove what pycni-install installed")
+    parser.add_argument("--agent-run-dir", metavar="DIR",
+                        help="also create DIR (under --host-root) mode 0700 for pycni-agent's socket, e.g. /run/pycni")
     parser.add_argument("--source", type=Path, help="bundle folder to install (default: the one running)")
     opts = parser.parse_args(argv)
     bin_dir = opts.host_root / opts.bin_dir.lstrip("/")
@@ -274,6 +313,8 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         source = opts.source.resolve() if opts.source else bundle_source()
         manifest = install(source, bin_dir, opts.names, opts.force)
+        if opts.agent_run_dir:
+            prepare_run_dir(opts.host_root / opts.agent_run_dir.lstrip("/"))
     except (InstallError, OSError) as exc:
         print(f"pycni-install: {exc}", file=sys.stderr)
         return 1
