@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import runpy
 import shutil
@@ -45,12 +46,16 @@ def build_bundle(out: Path) -> Path:
     return out
 
 
-@pytest.fixture(scope="session")
-def bundle(tmp_path_factory) -> Path:
-    given = os.environ.get("PYCNI_BUNDLE")
-    if given:
-        return Path(given).resolve()
-    return build_bundle(tmp_path_factory.mktemp("bundle") / "pycni")
+_SESSION: dict[str, Path] = {}  # one build and one libc root per test session, whichever module asks first
+
+
+def session_bundle(tmp_path_factory) -> Path:
+    """The `bundle` fixture's value (test modules wrap it: a fixture here would need pytest_plugins)."""
+    if "bundle" not in _SESSION:
+        given = os.environ.get("PYCNI_BUNDLE")
+        _SESSION["bundle"] = (Path(given).resolve() if given
+                              else build_bundle(tmp_path_factory.mktemp("bundle") / "pycni"))
+    return _SESSION["bundle"]
 
 
 def debian_root() -> Path:
@@ -88,16 +93,19 @@ def has_python(root: Path) -> bool:
         root.glob("usr/lib/python3*"))
 
 
-@pytest.fixture(scope="session")
-def base_roots(bundle, tmp_path_factory) -> dict[str, Path]:
-    return {"debian": debian_root(), "libc": libc_root(tmp_path_factory.mktemp("libc-root"), bundle)}
+def session_roots(bundle: Path, tmp_path_factory) -> dict[str, Path]:
+    if "libc" not in _SESSION:
+        _SESSION["libc"] = libc_root(tmp_path_factory.mktemp("libc-root"), bundle)
+    roots = {"debian": debian_root(), "libc": _SESSION["libc"]}
+    for root in roots.values():
+        if has_python(root):
+            pytest.fail(f"{root} has a python: it proves nothing")
+    return roots
 
 
-@pytest.fixture(params=["debian", "libc"])
-def node_root(request, base_roots, tmp_path) -> Iterator[Path]:
-    """A writable node root (overlay over the cached base), python-less; unmounted afterwards."""
-    lower = base_roots[request.param]
-    assert not has_python(lower), f"{lower} has a python"
+@contextlib.contextmanager
+def overlay_root(lower: Path, tmp_path: Path) -> Iterator[Path]:
+    """A writable node root (overlay over the cached base); unmounted afterwards."""
     upper, work, merged = tmp_path / "upper", tmp_path / "work", tmp_path / "root"
     for d in (upper, work, merged):
         d.mkdir()

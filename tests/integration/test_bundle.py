@@ -15,15 +15,27 @@ import subprocess
 import threading
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.bundle_support import copy_as_build, in_root, tree_state
+from tests.bundle_support import copy_as_build, in_root, overlay_root, session_bundle, session_roots, tree_state
 from tests.conftest import bare_env, free_subnet, run_plugin
 
-pytest_plugins = ["tests.bundle_support"]  # fixtures: bundle, base_roots, node_root
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="session")
+def bundle(tmp_path_factory) -> Path:
+    return session_bundle(tmp_path_factory)
+
+
+@pytest.fixture(params=["debian", "libc"])
+def node_root(request, bundle, tmp_path_factory, tmp_path) -> Iterator[Path]:
+    """A python-less node root: debootstrap minbase, or only libc and ld.so (writable overlay)."""
+    with overlay_root(session_roots(bundle, tmp_path_factory)[request.param], tmp_path) as root:
+        yield root
 
 PLUGINS = ("bandwidth", "bridge", "firewall", "host-local", "loopback", "portmap", "tuning")
 
