@@ -240,3 +240,47 @@ def test_upgrade_during_add_del_loop_never_fails_a_call(bundle, tmp_path, host_n
     left = sorted(p.name for p in store.iterdir() if p.is_dir() and not p.is_symlink() and p.name[0] != ".")
     assert left == ["0.0.0-upgrade0", "0.0.0-upgrade3"]
     assert not [p for p in bin_dir.rglob(".*") if p.name != ".lock"]
+
+
+def test_bundle_plugins_forward_to_the_bundle_agent(bundle, tmp_path, host_netns, pod_netns):
+    """The DaemonSet's path: pycni-agent from the bundle serves the bundle's pycni-bridge (the
+    request shows in the agent's log), and `pycni-agent --check` turns ready."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir(mode=0o700)
+    sock = run_dir / "agent.sock"
+    agent_exe = str(bundle / "pycni-agent")
+    assert subprocess.run([agent_exe, "--check", "--socket", str(sock)], capture_output=True).returncode == 1
+    log = open(tmp_path / "agent.log", "wb")
+    agent = subprocess.Popen(["ip", "netns", "exec", host_netns.name, agent_exe, "--socket", str(sock),
+                              "--log-requests"], stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while subprocess.run([agent_exe, "--check", "--socket", str(sock)], capture_output=True).returncode != 0:
+            assert agent.poll() is None, (tmp_path / "agent.log").read_text()
+            assert time.monotonic() < deadline, "the agent never accepted connections"
+            time.sleep(0.2)
+        bridge = f"cna{uuid.uuid4().hex[:8]}"
+        conf = _bridge_conf("agentnet", bridge, free_subnet(4))
+        conf["ipMasq"] = False
+        conf["ipam"]["dataDir"] = str(tmp_path / "ipam")
+        conf["agent"] = "required"  # never quietly in-process
+        cid = uuid.uuid4().hex
+        for verb in ("ADD", "DEL"):
+            env = bare_env(CNI_COMMAND=verb, CNI_CONTAINERID=cid, CNI_NETNS=pod_netns.path, CNI_IFNAME="eth0",
+                           CNI_PATH=str(bundle), PYCNI_AGENT_SOCKET=str(sock))
+            rc, out, err = run_plugin(bundle / "pycni-bridge", env, conf, netns=host_netns)
+            assert rc == 0, (verb, out, err, (tmp_path / "agent.log").read_text())
+            if verb == "ADD":
+                assert out is not None and out["ips"]
+                assert pod_netns.ip_json("link", "show", "eth0")
+        text = (tmp_path / "agent.log").read_text()
+        assert "ADD" in text and "DEL" in text and cid[:12] in text, text
+        host_netns.run("ip", "link", "del", bridge, check=False)
+    finally:
+        agent.terminate()
+        try:
+            agent.wait(timeout=40)
+        except subprocess.TimeoutExpired:
+            agent.kill()
+            agent.wait()
+        log.close()
