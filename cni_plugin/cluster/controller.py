@@ -3,7 +3,8 @@
     claim      get (or keep) this node's subnet(s) and publish its address and VTEP MAC
     list       every node's record
     plan       desired = plan(config, me, nodes, local facts)               (pure, plan.py)
-    apply      diff against what pycni tagged in the kernel, apply the rest (dataplane.py)
+    apply      diff against what pycni tagged in the kernel, apply the rest, and the masquerade
+               of traffic leaving the cluster CIDR                           (dataplane.py)
     conflist   the node's conflist on its subnet, written atomically          (conflist.py)
     status     the status file `pycni cluster status` and bridge STATUS read  (status.py)
 
@@ -53,8 +54,6 @@ class DataplanePort(Protocol):
 
     def apply(self, desired: Any) -> Any: ...
 
-    def apply_masquerade(self, config: ClusterConfig, me: NodeRecord) -> None: ...
-
 
 @dataclass(frozen=True)
 class ControllerSettings:
@@ -88,13 +87,16 @@ class Controller:
         planner: Callable[..., Any] | None = None,
         vtep_mac: Callable[[str], str] | None = None,
     ) -> None:
-        from . import plan as plan_module
+        if planner is None or vtep_mac is None:
+            from . import plan as plan_module
 
+            planner = planner or plan_module.plan
+            vtep_mac = vtep_mac or plan_module.vtep_mac
         self.store = store
         self.settings = settings
         self.dataplane = dataplane
-        self.planner = planner or plan_module.plan
-        self.vtep_mac = vtep_mac or plan_module.vtep_mac
+        self.planner = planner
+        self.vtep_mac = vtep_mac
         self.stop_event = threading.Event()
         self.dirty = threading.Event()
         self.config: ClusterConfig | None = None
@@ -111,6 +113,7 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self._last_renew = 0.0
         self._metrics: Any = None
+        self._bgp: Any = None  # bgp.BgpBackend while the backend is bgp
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -129,6 +132,8 @@ class Controller:
         self.dirty.set()
         if self._metrics is not None:
             self._metrics.shutdown()
+        if self._bgp is not None:
+            self._bgp.detach()  # BIRD keeps its sessions and routes; the next agent adopts it
         for thread in self._threads:
             thread.join(timeout)
         try:
@@ -252,6 +257,9 @@ class Controller:
                 config = self.config or config
             snapshot = self.store.nodes()
             self.reachable = True
+            # The watcher resumes from what was listed, applied or not: a failing apply must not
+            # leave it watching from a revision the datastore has compacted away.
+            self.revision = snapshot.revision or self.revision
         except DatastoreUnavailable as exc:
             self.reachable = False
             self.last_error = f"datastore unreachable, data path kept as it is: {exc}"
@@ -292,12 +300,19 @@ class Controller:
     def _apply(self, config: ClusterConfig, snapshot: Snapshot) -> None:
         assert self.me is not None
         listed = next((n for n in snapshot.nodes if n.name == self.me.name), None)
+        if listed is not None and listed.subnets != self.me.subnets:
+            # renew() had to claim again after the lease was lost and someone else took the old
+            # subnet: the new one is ours now (the conflist below follows it).
+            log.warning("node %s moved from %s to %s", listed.name, ", ".join(map(str, self.me.subnets)),
+                        ", ".join(map(str, listed.subnets)))
+            self._remember(listed)
+            self.me = listed
         me = listed or self.me
         address = self.settings.node_addresses[0]
         facts = self.dataplane.local_facts(address)
         desired = self.planner(config, me, snapshot.nodes, facts)
-        self.last_report = self.dataplane.apply(desired)
-        self.dataplane.apply_masquerade(config, me)
+        self.last_report = self.dataplane.apply(desired)  # routes, FDB, neighbours, masquerade
+        self._sync_bgp(config, me, snapshot, facts)
         self.peers = [
             {
                 "name": p.name,
@@ -315,8 +330,21 @@ class Controller:
         if conflist.write_atomic(self.settings.conf_path, text):
             log.info("wrote %s for %s", self.settings.conf_path, ", ".join(map(str, me.subnets)))
         self.ready = True
-        self.revision = snapshot.revision or self.revision
         self.snapshot = snapshot
+
+    def _sync_bgp(self, config: ClusterConfig, me: NodeRecord, snapshot: Snapshot, facts: Any) -> None:
+        """The bgp backend: BIRD runs the rendering of the current cluster (started on first use,
+        stopped when the cluster moves to another backend, so its routes are withdrawn)."""
+        if config.backend != "bgp":
+            if self._bgp is not None:
+                self._bgp.close()
+                self._bgp = None
+            return
+        if self._bgp is None:
+            from .bgp import BgpBackend
+
+            self._bgp = BgpBackend(os.path.join(self.settings.state_dir, "bird"))
+        self._bgp.sync(config, me, snapshot.nodes, local_networks=getattr(facts, "onlink", None))
 
     # --- status --------------------------------------------------------------------------------
 
@@ -343,6 +371,7 @@ class Controller:
             "lastError": self.last_error,
             "reconciles": self.reconciles,
             "peers": self.peers,
+            "bgp": self._bgp.status() if self._bgp is not None else None,
             "applied": applied,
             "pid": os.getpid(),
         }
@@ -358,6 +387,9 @@ class Controller:
     def release(self) -> None:
         """Leave the cluster: give the subnets back and remove what pycni made in the kernel."""
         self.store.release()
+        if self._bgp is not None:
+            self._bgp.close()  # peers withdraw this node's subnets
+            self._bgp = None
         teardown = getattr(self.dataplane, "teardown", None)
         if teardown is not None:
             teardown()

@@ -114,20 +114,22 @@ class NftMasquerade:
 
     def add(self, network: str, tag: str, addresses: Iterable[IPInterface]) -> None:
         script = render.render_add(network, tag, addresses)
-        with self._locked():
+        with self._locked(), lock.tables():
             self._nft.run(["-f", "-"], script, f"masquerade setup for {network}")
 
     def entries(self, network: str) -> list[MasqEntry]:
         return render.parse_entries(network, self._nft.listing(render.FAMILY))
 
     def _remove_where(self, network: str, doomed: Callable[[str], bool]) -> list[MasqEntry]:
-        with self._locked():
-            plan = render.plan_removal(network, self._nft.listing(render.FAMILY), doomed)
-            if not plan.script:
+        with self._locked(), lock.tables(exclusive=True):
+            listing = self._nft.listing(render.FAMILY)
+            plan = render.plan_removal(network, listing, doomed)
+            script = render.script_of(render.with_table_teardown(listing, plan.script.splitlines()))
+            if not script:
                 return []
             apply_removal(
-                self._nft, plan.script, plan.teardown, lambda: render.render_delete(network, plan.removed),
-                f"masquerade removal for {network}",
+                self._nft, script, plan.teardown or script != plan.script,
+                lambda: render.render_delete(network, plan.removed), f"masquerade removal for {network}",
             )
         return list(plan.removed)
 
@@ -144,13 +146,21 @@ class NftMasquerade:
 
 
 class NftSpoofCheck:
-    """macspoofchk on the kernel's nftables (`bridge pycni` table, see render.py)."""
+    """macspoofchk on the kernel's nftables (`bridge pycni` table, see render.py).
 
-    def __init__(self, nft: str | None = None) -> None:
+    ADD, DEL and GC hold the node's spoofcheck lock: the DEL that removes the last elements also
+    deletes the chain and sets (and the table, when nothing else is in it)."""
+
+    def __init__(self, nft: str | None = None, lock_path: str | None = None) -> None:
         self._nft = NftRunner(nft)
+        self._lock_path = lock_path or lock.lock_path("spoofcheck")
+
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return lock.locked(self._lock_path, "spoofcheck")
 
     def add(self, network: str, tag: str, host_if: str, mac: str) -> None:
-        self._nft.run(["-f", "-"], render.render_spoof_add(network, tag, host_if, mac), "macspoofchk setup")
+        with self._locked(), lock.tables():
+            self._nft.run(["-f", "-"], render.render_spoof_add(network, tag, host_if, mac), "macspoofchk setup")
 
     def _all(self) -> list[SpoofEntry]:
         return render.parse_spoof_entries(self._nft.listing("bridge"))
@@ -159,15 +169,22 @@ class NftSpoofCheck:
         prefix = render.network_id(network) + "-"
         return [e for e in self._all() if e.comment.startswith(prefix)]
 
-    def _delete(self, doomed: list[SpoofEntry]) -> list[SpoofEntry]:
-        if doomed:
-            self._nft.run(["-f", "-"], render.render_spoof_delete(doomed), "macspoofchk removal")
-        return doomed
+    def _delete_where(self, doomed: Callable[[SpoofEntry], bool]) -> list[SpoofEntry]:
+        with self._locked(), lock.tables(exclusive=True):
+            listing = self._nft.listing("bridge")
+            found = render.parse_spoof_entries(listing)
+            gone = [e for e in found if doomed(e)]
+            lines = render.render_spoof_removal(listing, gone, everything=len(gone) == len(found))
+            script = render.script_of(render.with_table_teardown(listing, lines, render.SPOOF_TABLE))
+            if script:
+                self._nft.run(["-f", "-"], script, "macspoofchk removal")
+        return gone
 
     def remove(self, network: str, tag: str) -> list[SpoofEntry]:
         wanted = render.spoof_comment(network, tag)
-        return self._delete([e for e in self._all() if e.comment == wanted])
+        return self._delete_where(lambda e: e.comment == wanted)
 
     def gc(self, network: str, keep: set[str]) -> list[SpoofEntry]:
+        prefix = render.network_id(network) + "-"
         keep_comments = {render.spoof_comment(network, tag) for tag in keep}
-        return self._delete([e for e in self.entries(network) if e.comment not in keep_comments])
+        return self._delete_where(lambda e: e.comment.startswith(prefix) and e.comment not in keep_comments)
