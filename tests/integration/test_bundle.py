@@ -54,6 +54,14 @@ def test_bundle_needs_glibc_at_most_2_35_and_answers_every_name(bundle):
     assert proc.stdout.startswith("pycni ")
 
 
+def test_no_costly_runtime_hook_runs_before_each_plugin(bundle):
+    """PyInstaller's inspect/multiprocessing/pkg_resources/setuptools hooks would run on every
+    plugin exec (~180 ms together): scripts/bundle leaves them out."""
+    readers = pytest.importorskip("PyInstaller.archive.readers")
+    scripts = [name for name in readers.CArchiveReader(str(bundle / "pycni")).toc if name.startswith("pyi_rth_")]
+    assert scripts == ["pyi_rth_pkgutil"]
+
+
 def _install_in_root(root: Path, bundle: Path, *args: str) -> subprocess.CompletedProcess[bytes]:
     shutil.copytree(bundle, root / "tmp" / "pycni-bundle", symlinks=True, dirs_exist_ok=True)
     return in_root(root, ["/tmp/pycni-bundle/pycni-install", "--host-root", "/", *args], {})
