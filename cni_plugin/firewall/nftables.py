@@ -6,6 +6,7 @@ Every nft failure becomes FirewallFailure (code 106) carrying nft's own message.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,25 @@ from .backend import MasqEntry, SpoofEntry
 NFT_CANDIDATES = ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft")
 
 
+def _bundled_nft() -> str | None:
+    """The `nft` shipped inside the self-contained bundle (scripts/bundle), with its libraries
+    beside it: nodes such as kind's and minikube's need not have nftables installed."""
+    base = getattr(sys, "_MEIPASS", None) if getattr(sys, "frozen", False) else None
+    candidate = os.path.join(base, "nft") if base else ""
+    return candidate if candidate and os.access(candidate, os.X_OK) else None
+
+
+def _nft_env(nft: str) -> dict[str, str] | None:
+    # The bundle's nft finds its libraries (libnftables, libnftnl, ...) in its own folder only.
+    if nft == _bundled_nft():
+        return {**os.environ, "LD_LIBRARY_PATH": os.path.dirname(nft)}
+    return None
+
+
 def _nft_binary() -> str:
+    bundled = _bundled_nft()
+    if bundled:
+        return bundled
     found = shutil.which("nft")
     if found:
         return found
@@ -43,7 +62,8 @@ class NftRunner:
     def run(self, argv: list[str], script: str = "", what: str = "") -> str:
         nft = self._nft or _nft_binary()
         try:
-            proc = subprocess.run([nft, *argv], input=script, capture_output=True, text=True, timeout=30)
+            proc = subprocess.run([nft, *argv], input=script, capture_output=True, text=True, timeout=30,
+                                  env=_nft_env(nft))
         except (OSError, subprocess.SubprocessError) as exc:
             raise FirewallFailure(f"nftables: {what} failed", str(exc)) from exc
         if proc.returncode != 0:
