@@ -10,7 +10,7 @@ SHIM         ?= agent
 AGENT_SOCKET ?= /run/pycni/agent.sock
 VENV        ?= .venv
 
-.PHONY: install uninstall test lint bench demo clean
+.PHONY: install uninstall test lint bench demo clean bundle image
 
 install:
 	$(PYTHON) scripts/install.py --prefix $(PREFIX) --bin-dir $(CNI_BIN_DIR) --names $(CNI_NAMES) \
@@ -26,6 +26,14 @@ lint: $(VENV)/bin/python
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 	$(VENV)/bin/lint-imports
+
+# The self-contained folder (no python3 needed on the node): build/bundle/pycni
+bundle: $(VENV)/bin/python
+	$(VENV)/bin/python scripts/bundle
+
+# The OCI image (pycni-install + pycni-agent) from the bundle, no Docker: build/bundle/pycni-image.tar
+image: bundle
+	$(VENV)/bin/python scripts/image
 
 bench:
 	$(PYTHON) scripts/bench $(BENCH_ARGS)

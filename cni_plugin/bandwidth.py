@@ -9,9 +9,13 @@ in the README (section pycni-bandwidth):
 * the IFB is `bwp` + 12 hex of sha256("<containerID>:<ifname>") (reference: hash of network name
   and container ID) and carries `pycni-bandwidth <network> <tag>` in its alias (IFLA_IFALIAS), so
   DEL deletes only an IFB it made and GC finds the IFBs of its network without any state file;
-* prevResult is returned unchanged (the reference appends the IFB to the interfaces);
+* like the reference, an egress IFB is appended to prevResult's interfaces (name and MAC, no
+  sandbox); prevResult's own entries and every IP's interface index stay as they were;
 * a burst smaller than one full-size frame is refused (the kernel would drop every such frame);
-* CHECK also verifies the IFB, its alias and the redirect; GC and STATUS exist (reference: none).
+* CHECK also verifies the IFB, its alias and the redirect; GC and STATUS exist (reference: none);
+* DEL also deletes the IFB the reference made for the same network and container ID (unless
+  another link still redirects to it), and GC the
+  reference's IFBs no link redirects to any more (a network switched from Go bandwidth to pycni).
 
 Units: rates in bits per second, bursts in bits (CONVENTIONS.md `bandwidth` capability); the
 kernel takes bytes/s, bytes and psched ticks. The arithmetic is the pure `plan_tbf` below.
@@ -19,6 +23,7 @@ kernel takes bytes/s, bytes and psched ticks. The arithmetic is the pure `plan_t
 
 from __future__ import annotations
 
+import hashlib
 import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -43,7 +48,7 @@ from .spec.errors import (
     UnsupportedField,
 )
 from .spec.skel import CmdArgs, Handlers
-from .spec.types import Result
+from .spec.types import Interface, Result
 
 IFB_PREFIX = "bwp"
 ALIAS_PREFIX = "pycni-bandwidth"
@@ -239,6 +244,47 @@ def stale_ifbs(ifbs: Iterable[tuple[str, str]], network: str, keep: set[str]) ->
     return sorted(stale)
 
 
+def with_ifb(prev: Result, ifb: Interface) -> Result:
+    """prevResult with the IFB appended last: earlier entries and the IPs' indexes into them are
+    untouched (the reference appends it too; runtimes read the host-side devices from the list)."""
+    if any(i.name == ifb.name and not i.sandbox for i in prev.interfaces):
+        return prev  # already listed (a prevResult that went through this ADD): never twice
+    return prev.with_changes(interfaces=(*prev.interfaces, ifb))
+
+
+# The reference names its IFB "bwp" + hex of sha512(<network name><container ID>), cut to 15
+# characters, and gives it no alias (plugins/meta/bandwidth). pycni's own IFBs share the prefix
+# and length but always carry a pycni alias, so an alias tells the two apart.
+GO_IFB_PREFIX = "bwp"
+GO_IFB_LENGTH = 15
+
+
+def go_ifb_name(network: str, container_id: str) -> str:
+    """The name the Go reference bandwidth plugin gives the IFB of (network, container ID)."""
+    return (GO_IFB_PREFIX + hashlib.sha512(f"{network}{container_id}".encode()).hexdigest())[:GO_IFB_LENGTH]
+
+
+def looks_like_go_ifb(name: str, alias: str) -> bool:
+    tail = name[len(GO_IFB_PREFIX):]
+    return (
+        name.startswith(GO_IFB_PREFIX) and len(name) == GO_IFB_LENGTH and not alias
+        and all(c in "0123456789abcdef" for c in tail)
+    )
+
+
+def stale_go_ifbs(
+    ifbs: Iterable[tuple[str, int, str]], redirected: set[int], network: str, valid_ids: Iterable[str]
+) -> list[str]:
+    """Names of the reference's IFBs (name, ifindex, alias) that no attachment uses any more: no
+    link redirects to them (a pod's host veth, and its ingress redirect, die with the pod) and
+    none is the reference's name for a live attachment of `network` (an ADD still in progress)."""
+    live = {go_ifb_name(network, cid) for cid in valid_ids}
+    return sorted(
+        name for name, index, alias in ifbs
+        if looks_like_go_ifb(name, alias) and index not in redirected and name not in live
+    )
+
+
 def host_candidates(prev: Result) -> list[str]:
     """prevResult's host-side interfaces (no sandbox), where the pod's veth peer must be."""
     return [iface.name for iface in prev.interfaces if not iface.sandbox]
@@ -319,6 +365,7 @@ def add(args: CmdArgs) -> Result:
             host.add_ingress_qdisc(host_veth)
             undo.push(f"delete ingress qdisc on {host_veth}", host.delete_ingress_qdisc, host_veth)
             host.add_redirect(host_veth, ifb)
+            prev = with_ifb(prev, Interface(name=ifb, mac=host.link(ifb).mac))
 
         undo.disarm()
     return prev
@@ -356,6 +403,15 @@ def _remove_veth_qdiscs(host: tc.TrafficControl, args: CmdArgs, prev: Result, if
         host.delete_ingress_qdisc(host_veth)
 
 
+def _host_veth_or_none(host: tc.TrafficControl, args: CmdArgs, prev: Result | None) -> str | None:
+    if prev is None or not args.netns:
+        return None
+    try:
+        return find_host_veth(host, prev, args.netns, args.ifname)
+    except (NetnsNotFound, InvalidNetns, InvalidConfig):
+        return None
+
+
 def delete(args: CmdArgs) -> None:
     network = _network(args)
     tag = attachment_tag(args.container_id, args.ifname)
@@ -372,6 +428,15 @@ def delete(args: CmdArgs) -> None:
             sweep.run(_remove_veth_qdiscs, host, args, prev, ifb)
         if ifb is not None:
             sweep.run(host.delete_link, name)
+        # Set up by the Go reference before the network switched to pycni: its name is bound to
+        # this network and container ID, and it carries no alias (a pycni IFB always does). It
+        # stays while a link other than this attachment's host veth still redirects to it.
+        go = host.ifb(go_ifb_name(network, args.container_id))
+        if go is not None and looks_like_go_ifb(go.name, go.alias):
+            ours = _host_veth_or_none(host, args, prev)
+            users = {name for name, targets in host.redirects().items() if go.index in targets} - {ours}
+            if not users:
+                sweep.run(host.delete_link, go.name)
     sweep.finish()
 
 
@@ -435,8 +500,15 @@ def gc(args: CmdArgs) -> None:
     keep = {attachment_tag(cid, ifname) for cid, ifname in valid}
     sweep = Sweep()
     with tc.TrafficControl() as host:
-        for name in stale_ifbs(((i.name, i.alias) for i in host.ifbs()), network, keep):
+        ifbs = host.ifbs()
+        for name in stale_ifbs(((i.name, i.alias) for i in ifbs), network, keep):
             sweep.run(host.delete_link, name)
+        # IFBs the Go reference left behind (a network switched from it to pycni): gone pods only.
+        go = [(i.name, i.index, i.alias) for i in ifbs if looks_like_go_ifb(i.name, i.alias)]
+        if go:
+            redirected = {t for targets in host.redirects().values() for t in targets}
+            for name in stale_go_ifbs(go, redirected, network, (cid for cid, _ in valid)):
+                sweep.run(host.delete_link, name)
     sweep.finish()
 
 

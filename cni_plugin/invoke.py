@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from dataclasses import replace
 from typing import Any
 
@@ -43,6 +44,10 @@ def _is_pycni_host_local(plugin_type: str, path: tuple[str, ...]) -> bool:
 
     try:
         exe = find_plugin(plugin_type, path)
+        if getattr(sys, "frozen", False) and plugin_type in ("host-local", "pycni-host-local"):
+            # The bundle (scripts/bundle): every name is a symlink to one executable; that
+            # executable, reached under the host-local name, is this very program's host-local.
+            return os.path.realpath(exe) == os.path.realpath(sys.executable)
         with open(exe, "rb") as f:
             head = f.read(512)
     except (DelegateFailure, OSError):

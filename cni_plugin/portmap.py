@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -39,7 +40,7 @@ from .spec.errors import (
     UnsupportedField,
 )
 from .spec.skel import CmdArgs, Handlers
-from .spec.types import IPAddress, IPInterface, Result
+from .spec.types import IPAddress, IPInterface, IPNetwork, Result
 
 # --- configuration ---------------------------------------------------------------------------------
 
@@ -237,13 +238,36 @@ def _warn(message: str) -> None:
 # --- ADD ---------------------------------------------------------------------------------------------
 
 
-def _route_localnet(prev: Result, pod: IPInterface) -> None:
+@dataclass(frozen=True)
+class LocalnetChange:
+    """route_localnet this ADD switched on: the sysctl key, its value before, and the routes of
+    that interface (a pod reached through one of them needs the sysctl too)."""
+
+    key: str
+    before: str
+    routes: tuple[IPNetwork, ...]
+
+
+LOOPBACK4 = ipaddress.ip_network("127.0.0.1/32")
+
+
+def localnet_needed_by_others(change: LocalnetChange, existing: pr.Entries, comment: str) -> bool:
+    """Whether another attachment's 127.0.0.1 hairpin entry leads to a pod behind that interface."""
+    return any(
+        m.family == 4 and m.source == LOOPBACK4 and m.comment != comment
+        and any(m.pod_ip in dst for dst in change.routes)
+        for m in existing.masq
+    )
+
+
+def _route_localnet(prev: Result, pod: IPInterface) -> LocalnetChange | None:
     """route_localnet=1 on the host interface that routes to the pod, so 127.0.0.1 may cross it
     (after DNAT the node's own 127.0.0.1 connection leaves through it; masquerade then rewrites the
-    source). Like the reference, the interface is found by route; it is left set on DEL."""
+    source). Like the reference, the interface is found by route; it is left set on DEL. Returns
+    what was changed (None when it was already on or no interface was found)."""
     from . import netlink  # pyroute2 costs ~0.3 s to import: only ADD pays for it
 
-    best: tuple[int, str] | None = None
+    best: tuple[int, str, tuple[IPNetwork, ...]] | None = None
     with netlink.Netlink() as host:
         for iface in prev.interfaces:
             if iface.sandbox or not iface.name:
@@ -254,13 +278,27 @@ def _route_localnet(prev: Result, pod: IPInterface) -> None:
                 continue
             for dst, _gw in routes:
                 if dst.prefixlen and pod.ip in dst and (best is None or dst.prefixlen > best[0]):
-                    best = (dst.prefixlen, iface.name)
+                    best = (dst.prefixlen, iface.name, tuple(d for d, _ in routes if d.prefixlen))
         if best is None:
             _warn(f"no host interface of prevResult routes to {pod.ip}: 127.0.0.1 will not reach its host ports")
-            return
+            return None
         key = f"ipv4/conf/{best[1]}/route_localnet"
-        if host.sysctl_get(key) != "1":
-            host.sysctl_set(key, "1")
+        before = host.sysctl_get(key)
+        if before == "1":
+            return None
+        host.sysctl_set(key, "1")  # unreadable (None): the write says why, as NetlinkFailure
+        return LocalnetChange(key=key, before=before or "0", routes=best[2])
+
+
+def _restore_localnet(nft: Any, change: LocalnetChange, comment: str) -> None:
+    """Undo of a failed ADD (under the portmap lock): back to the value before, unless another
+    attachment's hairpin entries show it needs the sysctl (it is never switched off under them)."""
+    from . import netlink
+
+    if localnet_needed_by_others(change, nft.entries(), comment):
+        return
+    with netlink.Netlink() as host:
+        host.sysctl_set(change.key, change.before)
 
 
 def _refuse(clashes: Sequence[tuple[pr.PortEntry, pr.PortEntry]]) -> HostPortTaken:
@@ -284,15 +322,18 @@ def add(args: CmdArgs) -> Result:
     comment = _comment(args, conf)
     wanted = plan_entries(conf, pods, comment)
 
-    if conf.snat_on and 4 in pods and any(p.family == 4 for p in wanted.ports):
-        _route_localnet(prev, pods[4])
-
     nft = backend()
-    with Undo() as undo:
-        clashes = nft.add(wanted)  # one transaction: on failure or conflict nothing was changed
+    # The lock spans the sysctl, the transaction and, on failure, the sysctl's rollback: a racing
+    # ADD behind the same interface sees either the final state or the one before, never ours.
+    with nft.locked(), Undo() as undo:
+        if conf.snat_on and 4 in pods and any(p.family == 4 for p in wanted.ports):
+            change = _route_localnet(prev, pods[4])
+            if change is not None:
+                undo.push(f"route_localnet rollback ({change.key})", _restore_localnet, nft, change, comment)
+        clashes = nft.add(wanted, held=True)  # one transaction: on failure or conflict nothing was changed
         if clashes:
             raise _refuse(clashes)
-        undo.push(f"host port removal ({comment})", nft.remove, comment)
+        undo.push(f"host port removal ({comment})", nft.remove, comment, held=True)
 
         # Stale UDP conntrack entries would keep steering these ports past the new DNAT (the
         # reference flushes them too, after the rules are in place). Failures are only logged.

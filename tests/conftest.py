@@ -97,16 +97,33 @@ def _machine_routes() -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     return routes
 
 
+# Subnets handed out and not yet released: one test's subnets never overlap each other. Two
+# random picks of the same /24 (1 in 512) once put a test's client link and its bridge on one
+# subnet; the node then routed the DNATed SYN back out the client link, to the client's own
+# address, and the first dial to a host port was refused (issue 15).
+_HANDED_OUT: list = []
+
+
+@pytest.fixture(autouse=True)
+def _release_subnets() -> Iterator[None]:
+    """Subnets a test takes are free again after it (higher-scoped fixtures' stay taken)."""
+    mark = len(_HANDED_OUT)
+    yield
+    del _HANDED_OUT[mark:]
+
+
 def free_subnet(version: int = 4, prefix: int | None = None):
-    """A random subnet that overlaps no route this machine has (picked at run time)."""
+    """A random subnet that overlaps no route this machine has (picked at run time) and no
+    subnet handed out earlier in the same test."""
     pool = TEST_V4_POOL if version == 4 else TEST_V6_POOL
     prefix = prefix or (24 if version == 4 else 64)
-    taken = [r for r in _machine_routes() if r.version == version]
+    taken = [r for r in (*_machine_routes(), *_HANDED_OUT) if r.version == version]
     span = 2 ** (prefix - pool.prefixlen)
     for _ in range(200):
         offset = random.randrange(span) << (pool.max_prefixlen - prefix)
         subnet = ipaddress.ip_network((int(pool.network_address) + offset, prefix))
         if not any(subnet.overlaps(r) for r in taken):
+            _HANDED_OUT.append(subnet)
             return subnet
     raise RuntimeError(f"no free IPv{version} /{prefix} in {pool}")
 

@@ -83,7 +83,8 @@ class EtcdServer:
         if self.netns:
             probe = subprocess.run(
                 ["ip", "netns", "exec", self.netns, sys.executable, "-c",
-                 f"import urllib.request,sys; sys.exit(0 if b'true' in urllib.request.urlopen({url!r}, timeout=1).read() else 1)"],  # noqa: E501
+                 "import urllib.request,sys; "
+                 f"sys.exit(0 if b'true' in urllib.request.urlopen({url!r}, timeout=1).read() else 1)"],
                 capture_output=True,
             )
             return probe.returncode == 0

@@ -3,6 +3,7 @@
     pycni cluster config set FILE|-      validate a cluster config and store it at <prefix>/config
     pycni cluster config get             print the stored config (as the agents parse it)
     pycni cluster nodes [--json]         every node's subnets, underlay address and VTEP MAC
+    pycni cluster forget NODE            remove a departed node's subnets now, not one TTL later
     pycni cluster status [--json]        this node: subnet, backend, datastore, peers and how each is
                                          reached (from the agent's status file; no etcd needed)
 
@@ -124,6 +125,8 @@ def status_command(status_file: str, as_json: bool) -> None:
                f"last sync {_sync_age(status)}")
     if status.get("lastError"):
         click.echo(f"last error {status['lastError']}")
+    if status.get("bgp"):
+        _print_bgp(status["bgp"])
     peers = status.get("peers", [])
     unreachable = sum(1 for p in peers if p.get("via") == "unreachable")
     click.echo(f"peers      {len(peers)}" + (f" ({unreachable} UNREACHABLE)" if unreachable else ""))
@@ -134,6 +137,27 @@ def status_command(status_file: str, as_json: bool) -> None:
         widths = [max(len(row[i]) for row in rows) for i in range(4)]
         for row in rows:
             click.echo("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:4])) + "  " + row[4])
+
+
+@cluster.command("forget")
+@click.argument("node")
+@etcd_options
+def forget(store: Any, node: str) -> None:
+    """Remove NODE's subnets now (a node gone for good); peers drop its routes on their next sync.
+
+    Without this its claim ends one lease TTL after its agent last renewed it. Run it only for a
+    node whose agent is stopped: a running agent claims its subnet again."""
+    count = store.forget(node)
+    click.echo(f"removed {count} subnet key(s) of {node}" if count else f"{node} holds no subnet")
+
+
+def _print_bgp(bgp: dict[str, Any]) -> None:
+    state = "running" if bgp.get("running") else "NOT RUNNING"
+    click.echo(f"bgp        BIRD {state}, restarts {bgp.get('restarts', 0)}"
+               + (f", error: {bgp['error']}" if bgp.get("error") else ""))
+    for session in bgp.get("sessions", []):
+        click.echo(f"  {session.get('name', '')}  {session.get('state', '')}  since {session.get('since', '')}  "
+                   f"{session.get('info', '')}")
 
 
 @cluster.command("nodes")

@@ -3,7 +3,8 @@
     claim      get (or keep) this node's subnet(s) and publish its address and VTEP MAC
     list       every node's record
     plan       desired = plan(config, me, nodes, local facts)               (pure, plan.py)
-    apply      diff against what pycni tagged in the kernel, apply the rest (dataplane.py)
+    apply      diff against what pycni tagged in the kernel, apply the rest, and the masquerade
+               of traffic leaving the cluster CIDR                           (dataplane.py)
     conflist   the node's conflist on its subnet, written atomically          (conflist.py)
     status     the status file `pycni cluster status` and bridge STATUS read  (status.py)
 
@@ -52,8 +53,6 @@ class DataplanePort(Protocol):
     def local_facts(self, node_address: IPAddress) -> Any: ...
 
     def apply(self, desired: Any) -> Any: ...
-
-    def apply_masquerade(self, config: ClusterConfig, me: NodeRecord) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -114,6 +113,7 @@ class Controller:
         self._threads: list[threading.Thread] = []
         self._last_renew = 0.0
         self._metrics: Any = None
+        self._bgp: Any = None  # bgp.BgpBackend while the backend is bgp
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -132,6 +132,8 @@ class Controller:
         self.dirty.set()
         if self._metrics is not None:
             self._metrics.shutdown()
+        if self._bgp is not None:
+            self._bgp.detach()  # BIRD keeps its sessions and routes; the next agent adopts it
         for thread in self._threads:
             thread.join(timeout)
         try:
@@ -309,8 +311,8 @@ class Controller:
         address = self.settings.node_addresses[0]
         facts = self.dataplane.local_facts(address)
         desired = self.planner(config, me, snapshot.nodes, facts)
-        self.last_report = self.dataplane.apply(desired)
-        self.dataplane.apply_masquerade(config, me)
+        self.last_report = self.dataplane.apply(desired)  # routes, FDB, neighbours, masquerade
+        self._sync_bgp(config, me, snapshot, facts)
         self.peers = [
             {
                 "name": p.name,
@@ -329,6 +331,20 @@ class Controller:
             log.info("wrote %s for %s", self.settings.conf_path, ", ".join(map(str, me.subnets)))
         self.ready = True
         self.snapshot = snapshot
+
+    def _sync_bgp(self, config: ClusterConfig, me: NodeRecord, snapshot: Snapshot, facts: Any) -> None:
+        """The bgp backend: BIRD runs the rendering of the current cluster (started on first use,
+        stopped when the cluster moves to another backend, so its routes are withdrawn)."""
+        if config.backend != "bgp":
+            if self._bgp is not None:
+                self._bgp.close()
+                self._bgp = None
+            return
+        if self._bgp is None:
+            from .bgp import BgpBackend
+
+            self._bgp = BgpBackend(os.path.join(self.settings.state_dir, "bird"))
+        self._bgp.sync(config, me, snapshot.nodes, local_networks=getattr(facts, "onlink", None))
 
     # --- status --------------------------------------------------------------------------------
 
@@ -355,6 +371,7 @@ class Controller:
             "lastError": self.last_error,
             "reconciles": self.reconciles,
             "peers": self.peers,
+            "bgp": self._bgp.status() if self._bgp is not None else None,
             "applied": applied,
             "pid": os.getpid(),
         }
@@ -370,6 +387,9 @@ class Controller:
     def release(self) -> None:
         """Leave the cluster: give the subnets back and remove what pycni made in the kernel."""
         self.store.release()
+        if self._bgp is not None:
+            self._bgp.close()  # peers withdraw this node's subnets
+            self._bgp = None
         teardown = getattr(self.dataplane, "teardown", None)
         if teardown is not None:
             teardown()

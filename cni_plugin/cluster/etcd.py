@@ -446,19 +446,7 @@ class EtcdDatastore:
             held = self._held
             if held is None:
                 return
-            name = held.claim.name
-            for _ in range(MAX_CLAIM_ATTEMPTS):
-                keys, _, _ = self._list()
-                mine = [kv for kv in keys.values() if holder_of(kv.value) == name]
-                if not mine:
-                    break
-                reply = self._txn(f"release the subnets of {name}", {
-                    "compare": [{"key": _b64(kv.key), "target": "MOD", "result": "EQUAL",
-                                 "mod_revision": kv.mod_revision} for kv in mine],
-                    "success": [{"request_delete_range": {"key": _b64(kv.key)}} for kv in mine],
-                    "failure": []})
-                if reply.get("succeeded"):
-                    break
+            self.forget(held.claim.name)
             if self._lease:
                 try:
                     self._post("revoke the lease", "/kv/lease/revoke", {"ID": self._lease})
@@ -466,6 +454,24 @@ class EtcdDatastore:
                     pass  # already expired: nothing to revoke
             self._lease = 0
             self._held = None
+
+    def forget(self, name: str) -> int:
+        """Delete every subnet key node `name` holds, now (an operator removing a node that is gone
+        for good, instead of waiting one lease TTL); returns how many went. A key that changes
+        while this runs is read again, so a claim racing it is never deleted by mistake."""
+        for _ in range(MAX_CLAIM_ATTEMPTS):
+            keys, _, _ = self._list()
+            doomed = [kv for kv in keys.values() if holder_of(kv.value) == name]
+            if not doomed:
+                return 0
+            reply = self._txn(f"release the subnets of {name}", {
+                "compare": [{"key": _b64(kv.key), "target": "MOD", "result": "EQUAL",
+                             "mod_revision": kv.mod_revision} for kv in doomed],
+                "success": [{"request_delete_range": {"key": _b64(kv.key)}} for kv in doomed],
+                "failure": []})
+            if reply.get("succeeded"):
+                return len(doomed)
+        raise DatastoreError(f"the subnets of {name} kept changing; try again")
 
     def close(self) -> None:
         """Stop watches and drop connections. The claim stays: it lives until the lease TTL runs

@@ -15,7 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-VIAS = ("host-gw", "vxlan", "unreachable")
+VIAS = ("host-gw", "vxlan", "bgp", "unreachable")
 
 
 def _label(value: str) -> str:

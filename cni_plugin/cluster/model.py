@@ -7,9 +7,18 @@ source given to the agent as a file):
       "clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"],   one per family, at most two
       "subnetLen": 24,                                       per-node IPv4 prefix length
       "ipv6SubnetLen": 64,                                   per-node IPv6 prefix length
-      "backend": {"type": "vxlan",                           host-gw | vxlan | auto
+      "backend": {"type": "vxlan",                           host-gw | vxlan | auto | bgp
                   "vni": 1, "port": 4789, "device": "pycni.1"}
     }
+
+The `bgp` backend (BIRD 2 carries the pod subnets; see cluster/bgp/) reads these backend keys:
+
+    {"type": "bgp", "asNumber": 64512,                 the cluster's own AS (every node's)
+     "nodeToNodeMesh": true,                           iBGP to every on-link node
+     "peers": [{"address": "192.0.2.1",                routers: ToR, route reflector
+                "asNumber": 64513, "password": "..."}],
+     "gracefulRestart": true, "gracefulRestartTime": 120,
+     "holdTime": 90, "keepaliveTime": 30, "connectRetryTime": 30}
 
 A node's record is what every other node needs to reach its pods: the node's name, its pod
 subnets (one per family), its underlay addresses (the first is the one tunnels and host-gw routes
@@ -30,7 +39,7 @@ from pydantic import Field, field_validator, model_validator
 from ..config import PassThroughModel, parse_config
 from ..spec.types import IPAddress, IPNetwork
 
-BACKENDS = ("host-gw", "vxlan", "auto")
+BACKENDS = ("host-gw", "vxlan", "auto", "bgp")
 DEFAULT_VNI = 1
 DEFAULT_VXLAN_PORT = 4789  # IANA; flannel's default is the kernel's old 8472
 DEFAULT_VXLAN_DEVICE = "pycni.1"
@@ -38,6 +47,13 @@ IFNAMSIZ = 15
 # VXLAN encapsulation: outer Ethernet is not counted in the MTU; IPv4 20 + UDP 8 + VXLAN 8 +
 # inner Ethernet 14 = 50 bytes; an IPv6 underlay adds 20 more.
 VXLAN_OVERHEAD = {4: 50, 6: 70}
+DEFAULT_AS = 64512  # the first private 16-bit AS (RFC 6996), Calico's default too
+MAX_AS = 4294967295  # 4-byte AS numbers (RFC 6793)
+TCP_MD5_MAX_KEY = 80  # TCP_MD5SIG_MAXKEYLEN: the kernel refuses a longer BGP password
+DEFAULT_GR_TIME = 120  # BGP graceful restart time (RFC 4724 encodes it in 12 bits: <= 4095 s)
+DEFAULT_HOLD_TIME = 90  # RFC 4271's suggested hold time (BIRD's own default is 240)
+DEFAULT_KEEPALIVE_TIME = 30  # a third of the hold time, as RFC 4271 suggests
+DEFAULT_CONNECT_RETRY_TIME = 30  # BIRD's default is 120 s; a restarted peer reconnects itself
 
 
 class ClusterConfigError(ValueError):
@@ -60,11 +76,59 @@ class NotReady(DatastoreError):
     """The node has no subnet yet (Kubernetes: spec.podCIDRs unset) or no cluster config."""
 
 
+class BgpPeerModel(PassThroughModel):
+    address: str
+    asNumber: int = Field(ge=1, le=MAX_AS)
+    password: str | None = None
+    # A router that is not on-link (a route reflector elsewhere): eBGP TTL / iBGP multihop.
+    multihop: int | None = Field(None, ge=1, le=255)
+
+    @field_validator("address")
+    @classmethod
+    def _address(cls, value: str) -> str:
+        try:
+            return str(ipaddress.ip_address(value))
+        except ValueError as exc:
+            raise ValueError(f"not an IP address: {value!r}") from exc
+
+    @field_validator("password")
+    @classmethod
+    def _password(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if not 1 <= len(value.encode()) <= TCP_MD5_MAX_KEY:
+            raise ValueError(f"a BGP password has 1-{TCP_MD5_MAX_KEY} bytes (TCP MD5 key)")
+        # The password is written into BIRD's config as a quoted string: keep it unambiguous.
+        if any(c in value for c in '"\\') or not value.isprintable():
+            raise ValueError("a BGP password holds printable characters other than \" and \\")
+        return value
+
+
 class BackendModel(PassThroughModel):
-    type: Literal["host-gw", "vxlan", "auto"] = "vxlan"
+    type: Literal["host-gw", "vxlan", "auto", "bgp"] = "vxlan"
     vni: int = Field(DEFAULT_VNI, ge=1, le=0xFFFFFF)
     port: int = Field(DEFAULT_VXLAN_PORT, ge=1, le=65535)
     device: str = DEFAULT_VXLAN_DEVICE
+    # bgp only (accepted and ignored by the other backends)
+    asNumber: int = Field(DEFAULT_AS, ge=1, le=MAX_AS)
+    peers: list[BgpPeerModel] = Field(default_factory=list)
+    nodeToNodeMesh: bool = True
+    gracefulRestart: bool = True
+    gracefulRestartTime: int = Field(DEFAULT_GR_TIME, ge=1, le=4095)
+    holdTime: int = Field(DEFAULT_HOLD_TIME, ge=3, le=65535)
+    keepaliveTime: int = Field(DEFAULT_KEEPALIVE_TIME, ge=1, le=65535)
+    connectRetryTime: int = Field(DEFAULT_CONNECT_RETRY_TIME, ge=1, le=65535)
+
+    @model_validator(mode="after")
+    def _check_bgp(self) -> BackendModel:
+        if self.keepaliveTime >= self.holdTime:
+            raise ValueError(f"keepaliveTime {self.keepaliveTime} must be shorter than holdTime {self.holdTime}")
+        seen: set[str] = set()
+        for peer in self.peers:
+            if peer.address in seen:
+                raise ValueError(f"peers: {peer.address} is listed twice")
+            seen.add(peer.address)
+        return self
 
     @field_validator("device")
     @classmethod
@@ -99,6 +163,48 @@ class ClusterConfigModel(PassThroughModel):
 
 
 @dataclass(frozen=True)
+class BgpPeer:
+    """A router this node's BIRD peers with (a top-of-rack router, a route reflector)."""
+
+    address: IPAddress
+    as_number: int
+    password: str | None = None
+    multihop: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        data: dict[str, Any] = {"address": str(self.address), "asNumber": self.as_number}
+        if self.password is not None:
+            data["password"] = self.password
+        if self.multihop is not None:
+            data["multihop"] = self.multihop
+        return data
+
+
+@dataclass(frozen=True)
+class BgpSettings:
+    as_number: int = DEFAULT_AS
+    peers: tuple[BgpPeer, ...] = ()
+    node_to_node_mesh: bool = True
+    graceful_restart: bool = True
+    graceful_restart_time: int = DEFAULT_GR_TIME
+    hold_time: int = DEFAULT_HOLD_TIME
+    keepalive_time: int = DEFAULT_KEEPALIVE_TIME
+    connect_retry_time: int = DEFAULT_CONNECT_RETRY_TIME
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "asNumber": self.as_number,
+            "peers": [p.to_json() for p in self.peers],
+            "nodeToNodeMesh": self.node_to_node_mesh,
+            "gracefulRestart": self.graceful_restart,
+            "gracefulRestartTime": self.graceful_restart_time,
+            "holdTime": self.hold_time,
+            "keepaliveTime": self.keepalive_time,
+            "connectRetryTime": self.connect_retry_time,
+        }
+
+
+@dataclass(frozen=True)
 class ClusterConfig:
     cluster_cidrs: tuple[IPNetwork, ...]
     subnet_len: int = 24
@@ -107,6 +213,7 @@ class ClusterConfig:
     vni: int = DEFAULT_VNI
     vxlan_port: int = DEFAULT_VXLAN_PORT
     vxlan_device: str = DEFAULT_VXLAN_DEVICE
+    bgp: BgpSettings = field(default_factory=BgpSettings)
 
     def subnet_len_for(self, version: int) -> int:
         return self.subnet_len if version == 4 else self.ipv6_subnet_len
@@ -115,12 +222,23 @@ class ClusterConfig:
         return next((c for c in self.cluster_cidrs if c.version == version), None)
 
     def to_json(self) -> dict[str, Any]:
+        backend: dict[str, Any] = {
+            "type": self.backend, "vni": self.vni, "port": self.vxlan_port, "device": self.vxlan_device,
+        }
+        if self.backend == "bgp":
+            backend.update(self.bgp.to_json())
         return {
             "clusterCIDRs": [str(c) for c in self.cluster_cidrs],
             "subnetLen": self.subnet_len,
             "ipv6SubnetLen": self.ipv6_subnet_len,
-            "backend": {"type": self.backend, "vni": self.vni, "port": self.vxlan_port, "device": self.vxlan_device},
+            "backend": backend,
         }
+
+
+def _peer_order(peer: BgpPeerModel) -> tuple[int, int]:
+    # Sorted peers: one cluster config always renders the same BIRD config, however it was listed.
+    address = ipaddress.ip_address(peer.address)
+    return (address.version, int(address))
 
 
 def parse_cluster_config(data: Any) -> ClusterConfig:
@@ -135,6 +253,7 @@ def parse_cluster_config(data: Any) -> ClusterConfig:
     except Exception as exc:  # InvalidConfig (code 7) carries the key path in its details
         details = getattr(exc, "details", "") or str(exc)
         raise ClusterConfigError(details) from exc
+    b = model.backend
     return ClusterConfig(
         cluster_cidrs=tuple(ipaddress.ip_network(c) for c in model.clusterCIDRs),
         subnet_len=model.subnetLen,
@@ -143,6 +262,19 @@ def parse_cluster_config(data: Any) -> ClusterConfig:
         vni=model.backend.vni,
         vxlan_port=model.backend.port,
         vxlan_device=model.backend.device,
+        bgp=BgpSettings(
+            as_number=b.asNumber,
+            peers=tuple(
+                BgpPeer(ipaddress.ip_address(p.address), p.asNumber, p.password, p.multihop)
+                for p in sorted(b.peers, key=_peer_order)
+            ),
+            node_to_node_mesh=b.nodeToNodeMesh,
+            graceful_restart=b.gracefulRestart,
+            graceful_restart_time=b.gracefulRestartTime,
+            hold_time=b.holdTime,
+            keepalive_time=b.keepaliveTime,
+            connect_retry_time=b.connectRetryTime,
+        ),
     )
 
 

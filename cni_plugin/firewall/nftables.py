@@ -6,6 +6,7 @@ Every nft failure becomes FirewallFailure (code 106) carrying nft's own message.
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import subprocess
 import sys
@@ -20,7 +21,25 @@ from .backend import MasqEntry, SpoofEntry
 NFT_CANDIDATES = ("/usr/sbin/nft", "/sbin/nft", "/usr/bin/nft")
 
 
+def _bundled_nft() -> str | None:
+    """The `nft` shipped inside the self-contained bundle (scripts/bundle), with its libraries
+    beside it: nodes such as kind's and minikube's need not have nftables installed."""
+    base = getattr(sys, "_MEIPASS", None) if getattr(sys, "frozen", False) else None
+    candidate = os.path.join(base, "nft") if base else ""
+    return candidate if candidate and os.access(candidate, os.X_OK) else None
+
+
+def _nft_env(nft: str) -> dict[str, str] | None:
+    # The bundle's nft finds its libraries (libnftables, libnftnl, ...) in its own folder only.
+    if nft == _bundled_nft():
+        return {**os.environ, "LD_LIBRARY_PATH": os.path.dirname(nft)}
+    return None
+
+
 def _nft_binary() -> str:
+    bundled = _bundled_nft()
+    if bundled:
+        return bundled
     found = shutil.which("nft")
     if found:
         return found
@@ -43,7 +62,8 @@ class NftRunner:
     def run(self, argv: list[str], script: str = "", what: str = "") -> str:
         nft = self._nft or _nft_binary()
         try:
-            proc = subprocess.run([nft, *argv], input=script, capture_output=True, text=True, timeout=30)
+            proc = subprocess.run([nft, *argv], input=script, capture_output=True, text=True, timeout=30,
+                                  env=_nft_env(nft))
         except (OSError, subprocess.SubprocessError) as exc:
             raise FirewallFailure(f"nftables: {what} failed", str(exc)) from exc
         if proc.returncode != 0:
@@ -94,20 +114,22 @@ class NftMasquerade:
 
     def add(self, network: str, tag: str, addresses: Iterable[IPInterface]) -> None:
         script = render.render_add(network, tag, addresses)
-        with self._locked():
+        with self._locked(), lock.tables():
             self._nft.run(["-f", "-"], script, f"masquerade setup for {network}")
 
     def entries(self, network: str) -> list[MasqEntry]:
         return render.parse_entries(network, self._nft.listing(render.FAMILY))
 
     def _remove_where(self, network: str, doomed: Callable[[str], bool]) -> list[MasqEntry]:
-        with self._locked():
-            plan = render.plan_removal(network, self._nft.listing(render.FAMILY), doomed)
-            if not plan.script:
+        with self._locked(), lock.tables(exclusive=True):
+            listing = self._nft.listing(render.FAMILY)
+            plan = render.plan_removal(network, listing, doomed)
+            script = render.script_of(render.with_table_teardown(listing, plan.script.splitlines()))
+            if not script:
                 return []
             apply_removal(
-                self._nft, plan.script, plan.teardown, lambda: render.render_delete(network, plan.removed),
-                f"masquerade removal for {network}",
+                self._nft, script, plan.teardown or script != plan.script,
+                lambda: render.render_delete(network, plan.removed), f"masquerade removal for {network}",
             )
         return list(plan.removed)
 
@@ -124,13 +146,21 @@ class NftMasquerade:
 
 
 class NftSpoofCheck:
-    """macspoofchk on the kernel's nftables (`bridge pycni` table, see render.py)."""
+    """macspoofchk on the kernel's nftables (`bridge pycni` table, see render.py).
 
-    def __init__(self, nft: str | None = None) -> None:
+    ADD, DEL and GC hold the node's spoofcheck lock: the DEL that removes the last elements also
+    deletes the chain and sets (and the table, when nothing else is in it)."""
+
+    def __init__(self, nft: str | None = None, lock_path: str | None = None) -> None:
         self._nft = NftRunner(nft)
+        self._lock_path = lock_path or lock.lock_path("spoofcheck")
+
+    def _locked(self) -> contextlib.AbstractContextManager[None]:
+        return lock.locked(self._lock_path, "spoofcheck")
 
     def add(self, network: str, tag: str, host_if: str, mac: str) -> None:
-        self._nft.run(["-f", "-"], render.render_spoof_add(network, tag, host_if, mac), "macspoofchk setup")
+        with self._locked(), lock.tables():
+            self._nft.run(["-f", "-"], render.render_spoof_add(network, tag, host_if, mac), "macspoofchk setup")
 
     def _all(self) -> list[SpoofEntry]:
         return render.parse_spoof_entries(self._nft.listing("bridge"))
@@ -139,15 +169,22 @@ class NftSpoofCheck:
         prefix = render.network_id(network) + "-"
         return [e for e in self._all() if e.comment.startswith(prefix)]
 
-    def _delete(self, doomed: list[SpoofEntry]) -> list[SpoofEntry]:
-        if doomed:
-            self._nft.run(["-f", "-"], render.render_spoof_delete(doomed), "macspoofchk removal")
-        return doomed
+    def _delete_where(self, doomed: Callable[[SpoofEntry], bool]) -> list[SpoofEntry]:
+        with self._locked(), lock.tables(exclusive=True):
+            listing = self._nft.listing("bridge")
+            found = render.parse_spoof_entries(listing)
+            gone = [e for e in found if doomed(e)]
+            lines = render.render_spoof_removal(listing, gone, everything=len(gone) == len(found))
+            script = render.script_of(render.with_table_teardown(listing, lines, render.SPOOF_TABLE))
+            if script:
+                self._nft.run(["-f", "-"], script, "macspoofchk removal")
+        return gone
 
     def remove(self, network: str, tag: str) -> list[SpoofEntry]:
         wanted = render.spoof_comment(network, tag)
-        return self._delete([e for e in self._all() if e.comment == wanted])
+        return self._delete_where(lambda e: e.comment == wanted)
 
     def gc(self, network: str, keep: set[str]) -> list[SpoofEntry]:
+        prefix = render.network_id(network) + "-"
         keep_comments = {render.spoof_comment(network, tag) for tag in keep}
-        return self._delete([e for e in self.entries(network) if e.comment not in keep_comments])
+        return self._delete_where(lambda e: e.comment.startswith(prefix) and e.comment not in keep_comments)

@@ -38,7 +38,7 @@ from ..spec.types import IPAddress, Result
 from . import lock
 from . import policy_render as pr
 from .nftables import NftRunner, apply_removal
-from .render import FAMILY, attachment_tag
+from .render import FAMILY, attachment_tag, script_of, with_table_teardown
 
 # Names that belong to pycni's own chains in `inet pycni`; the admin chain must not take one.
 RESERVED_PREFIXES = ("fw_", "masq_", "hostports_", "pods", "nets")
@@ -138,18 +138,24 @@ class NftFirewall:
         script = pr.render_add(
             conf.name, tag, t.addresses, admin=conf.admin_chain, policy=conf.policy, bridge=t.bridge, host_if=t.host_if
         )
-        with self._locked():
+        with self._locked(), lock.tables():
             self._nft.run(["-f", "-"], script, f"firewall setup for {conf.name}")
 
     def _remove_where(self, conf: FirewallConf, doomed: Callable[[str], bool]) -> None:
-        """Under the lock already."""
-        plan = pr.plan_removal(conf.name, self._nft.listing(FAMILY), self._nft.listing("bridge"), doomed)
-        if not plan.script:
-            return
-        apply_removal(
-            self._nft, plan.script, plan.teardown, lambda: pr.render_delete(conf.name, plan.entries, plan.ports),
-            f"firewall removal for {conf.name}",
-        )
+        """Under the firewall lock already. The network's last DEL/GC also removes what the
+        firewall's networks shared, once none is left (render_shared_teardown), and the tables
+        when nothing of any pycni part is left in them."""
+        with lock.tables(exclusive=True):
+            inet, bridge = self._nft.listing(FAMILY), self._nft.listing("bridge")
+            plan = pr.plan_removal(conf.name, inet, bridge, doomed)
+            lines = pr.render_shared_teardown(inet, bridge, plan.script.splitlines())
+            lines = with_table_teardown(bridge, with_table_teardown(inet, lines, pr.T), pr.BRIDGE_T)
+            if not lines:
+                return
+            apply_removal(
+                self._nft, script_of(lines), plan.teardown or lines != plan.script.splitlines(),
+                lambda: pr.render_delete(conf.name, plan.entries, plan.ports), f"firewall removal for {conf.name}",
+            )
 
     def remove(self, conf: FirewallConf, tag: str) -> None:
         with self._locked():

@@ -39,8 +39,9 @@ Every ADD re-declares all of it and rewrites the fw_ chains in one transaction (
 existing object is a no-op, "flush chain" + re-add is idempotent), so racing ADDs converge.
 
 The per-network objects (chain fw_N, sets fw4_N and fw6_N) go with the network's last element:
-a DEL or GC that leaves none deletes them in its transaction (`plan_removal`). Shared objects stay
-(fw_admin_*, the admin chain, the isolation sets and chains, the table). ADD, DEL and GC hold the
+a DEL or GC that leaves none deletes them in its transaction (`plan_removal`). The shared objects
+(fw_admin_*, an admin chain that holds no rule, the isolation sets and chains) go with the last
+firewall network, and the table with the last object of any pycni part in it. ADD, DEL and GC hold the
 node's firewall lock (lock.py) around list + decide + apply, so an ADD racing the last DEL cannot
 lose its elements.
 
@@ -54,13 +55,14 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import re
 import shlex
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
 from ..spec.types import IPAddress
-from .render import FAMILY, TABLE, network_id, objects, render_teardown
+from .render import FAMILY, TABLE, deleted_objects, network_id, objects, render_teardown
 
 T = f"{FAMILY} {TABLE}"
 BRIDGE_T = f"bridge {TABLE}"
@@ -221,6 +223,60 @@ def plan_removal(
     # The sets go whole; the shared bridge-family port set keeps its other elements.
     lines = render_teardown(mine_chains, mine_sets, T) + render_delete(network, (), ports).splitlines()
     return RemovalPlan(doomed_entries, ports, True, "\n".join(lines) + "\n")
+
+
+_NETWORK_OBJECT = re.compile(r"^fw[46]?_[0-9a-f]{12}$")  # fw_N, fw4_N, fw6_N
+_ADMIN_JUMP = re.compile(r"^fw_admin_[0-9a-f]{12}$")
+
+
+def jump_targets(listing: dict[str, Any]) -> dict[str, str]:
+    """Chain -> the chain its first `jump` rule names."""
+    found: dict[str, str] = {}
+    for item in listing.get("nftables", []):
+        rule = item.get("rule") if isinstance(item, dict) else None
+        if not isinstance(rule, dict):
+            continue
+        for expr in rule.get("expr", []):
+            target = expr.get("jump", {}).get("target") if isinstance(expr, dict) else None
+            if isinstance(target, str):
+                found.setdefault(str(rule.get("chain", "")), target)
+    return found
+
+
+def render_shared_teardown(inet: dict[str, Any], bridge: dict[str, Any], lines: list[str]) -> list[str]:
+    """`lines` (a DEL/GC transaction) plus the removal of the firewall's shared objects when that
+    transaction leaves no network's objects (fw_N, fw4_N, fw6_N) behind:
+
+    * each admin jump chain fw_admin_* and its admin chain, when the admin chain holds no rule
+      (an admin chain with an operator's rules keeps both: they still apply to forwarded traffic);
+    * the isolation chain and sets (only pods of a firewall network are isolated);
+    * in `bridge pycni`, the isolated-port chain and set once no port element is left.
+    """
+    gone = deleted_objects(lines, T)
+    chains_present, sets_present = objects(inet)
+    live = {("chain", c) for c in chains_present if _NETWORK_OBJECT.match(c)}
+    live |= {("set", s) for s in sets_present if _NETWORK_OBJECT.match(s)}
+    extra: list[str] = []
+    if not live - gone:
+        rules = chains(inet)
+        targets = jump_targets(inet)
+        for jump in sorted(c for c in chains_present if _ADMIN_JUMP.match(c)):
+            admin = targets.get(jump, "")
+            if admin and admin in chains_present and rules.get(admin, 0):
+                continue  # the operator's rules are in it
+            extra += render_teardown([jump], [], T)
+            if admin in chains_present:
+                extra.append(f"delete chain {T} {admin}")
+        iso_sets = [s for s in (ISO_BRIDGES, ISO_INTRA) if s in sets_present]
+        extra += render_teardown([c for c in (ISO_CHAIN,) if c in chains_present], iso_sets, T)
+    bridge_chains, bridge_sets = objects(bridge)
+    doomed_ports = sum(1 for line in lines if line.startswith(f"delete element {BRIDGE_T} {ISO_PORTS} "))
+    if (ISO_PORT_CHAIN in bridge_chains or ISO_PORTS in bridge_sets) and len(parse_ports(bridge)) <= doomed_ports:
+        port_lines = f"delete element {BRIDGE_T} {ISO_PORTS} "
+        lines = [line for line in lines if not line.startswith(port_lines)]  # the set goes whole
+        port_sets = [s for s in (ISO_PORTS,) if s in bridge_sets]
+        extra += render_teardown([c for c in (ISO_PORT_CHAIN,) if c in bridge_chains], port_sets, BRIDGE_T)
+    return lines + extra
 
 
 def render_bridge_delete(bridges: Iterable[str]) -> str:

@@ -9,11 +9,11 @@ for the node: each holder runs two nft commands, and a file per network namespac
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from . import lock, render
 from . import portmap_render as pr
-from .nftables import NftRunner
+from .nftables import NftRunner, apply_removal
 
 LOCK_FILE = lock.lock_path("portmap")
 LOCK_TIMEOUT = lock.LOCK_TIMEOUT  # seconds
@@ -39,33 +39,52 @@ class NftPortmap:
     def chains(self) -> set[str]:
         return pr.chains_present(self._nft.listing(render.FAMILY))
 
-    def add(self, wanted: pr.Entries) -> list[tuple[pr.PortEntry, pr.PortEntry]]:
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """The node's portmap lock, for a caller that pairs a host step with the transaction
+        (ADD's route_localnet and its rollback); then call add/remove/entries with held=True."""
+        return locked(self._lock_path)
+
+    def _maybe_locked(self, held: bool) -> contextlib.AbstractContextManager[None]:
+        return contextlib.nullcontext() if held else locked(self._lock_path)
+
+    def add(self, wanted: pr.Entries, *, held: bool = False) -> list[tuple[pr.PortEntry, pr.PortEntry]]:
         """Install `wanted` atomically. Returns the conflicts instead when another attachment
         already holds one of the ports (then nothing was changed)."""
-        with locked(self._lock_path):
+        with self._maybe_locked(held):
             plan = pr.plan_add(wanted, self.entries())
             if plan.conflicts:
                 return list(plan.conflicts)
-            self._nft.run(["-f", "-"], plan.script, "host port setup")
+            with lock.tables():
+                self._nft.run(["-f", "-"], plan.script, "host port setup")
         return []
 
-    def _delete(self, doomed: pr.Entries) -> pr.Entries:
-        if doomed:
-            self._nft.run(["-f", "-"], pr.render_delete(doomed), "host port removal")
+    def _delete_where(self, select: Callable[[pr.Entries], pr.Entries]) -> pr.Entries:
+        """Under the portmap lock: delete the entries `select` picks from the table's; the last
+        ones take the portmap chains and maps (and the table, if nothing else is in it) along."""
+        with lock.tables(exclusive=True):
+            listing = self._nft.listing(render.FAMILY)
+            doomed = select(pr.parse_entries(listing))
+            lines = pr.render_removal(listing, doomed)
+            teardown = bool(render.deleted_objects(lines))
+            script = render.script_of(render.with_table_teardown(listing, lines))
+            if script:
+                apply_removal(self._nft, script, teardown, lambda: pr.render_delete(doomed), "host port removal")
         return doomed
 
-    def remove(self, comment: str) -> pr.Entries:
-        with locked(self._lock_path):
-            return self._delete(self.entries().with_comment(comment))
+    def remove(self, comment: str, *, held: bool = False) -> pr.Entries:
+        with self._maybe_locked(held):
+            return self._delete_where(lambda entries: entries.with_comment(comment))
 
     def gc(self, network: str, keep_comments: set[str]) -> pr.Entries:
-        with locked(self._lock_path):
-            mine = self.entries().of_network(network)
-            doomed = pr.Entries(
+        def stale(entries: pr.Entries) -> pr.Entries:
+            mine = entries.of_network(network)
+            return pr.Entries(
                 ports=tuple(e for e in mine.ports if e.comment not in keep_comments),
                 masq=tuple(e for e in mine.masq if e.comment not in keep_comments),
             )
-            return self._delete(doomed)
+
+        with locked(self._lock_path):
+            return self._delete_where(stale)
 
     def usable(self) -> None:
         """A dry run (-c) of the skeleton: nft exists and the kernel has nat, fib and maps."""

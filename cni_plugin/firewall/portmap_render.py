@@ -49,7 +49,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..spec.types import IPAddress, IPNetwork
-from .render import FAMILY, TABLE, network_id
+from .render import FAMILY, TABLE, element_count, network_id, objects, render_teardown
 
 T = f"{FAMILY} {TABLE}"
 DNAT_CHAIN = "hostports_dnat"
@@ -242,6 +242,21 @@ def render_add(
     for m in masq:
         lines.append(f"add element {T} {masq_set(m.family)} {{ {m.key_text()} comment {_quote(m.comment)} }}")
     return "\n".join(lines) + "\n"
+
+
+OBJECT_NAMES = tuple(name for fam in (4, 6) for name in (any_map(fam), hostip_map(fam), masq_set(fam)))
+
+
+def render_removal(listing: dict[str, Any], doomed: Entries) -> list[str]:
+    """The DEL/GC transaction: delete `doomed`; when they are every element the portmap maps and
+    sets hold (or there are none but the objects exist), delete the portmap chains and maps
+    instead, so no host-port object outlives the last mapping."""
+    chains, sets = objects(listing)
+    mine_chains = [c for c in CHAINS if c in chains]
+    mine_sets = [n for n in OBJECT_NAMES if n in sets]
+    if (mine_chains or mine_sets) and element_count(listing, OBJECT_NAMES) == len(doomed.ports) + len(doomed.masq):
+        return render_teardown(mine_chains, mine_sets, T)
+    return _delete_lines(doomed.ports, doomed.masq)
 
 
 def render_delete(entries: Entries) -> str:

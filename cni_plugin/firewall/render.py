@@ -106,12 +106,13 @@ def render_delete(network: str, entries: Iterable[MasqEntry]) -> str:
 
 
 def render_teardown(chains: Iterable[str], sets: Iterable[str], table: str = f"{FAMILY} {TABLE}") -> list[str]:
-    """Delete `chains` (flushed first: older kernels refuse to delete a chain that holds rules),
-    then `sets` (no longer referenced once those rules are gone). Name only objects that exist:
-    deleting a missing one fails the whole transaction."""
-    lines = []
-    for chain in chains:
-        lines += [f"flush chain {table} {chain}", f"delete chain {table} {chain}"]
+    """Delete `chains` (all flushed first: older kernels refuse to delete a chain that holds
+    rules, and a chain another one jumps to is in use until that rule is gone), then `sets` (no
+    longer referenced once those rules are gone). Name only objects that exist: deleting a
+    missing one fails the whole transaction."""
+    chains = list(chains)
+    lines = [f"flush chain {table} {chain}" for chain in chains]
+    lines += [f"delete chain {table} {chain}" for chain in chains]
     lines += [f"delete set {table} {name}" for name in sets]
     return lines
 
@@ -127,6 +128,70 @@ def objects(listing: dict[str, Any]) -> tuple[set[str], set[str]]:
             if isinstance(item.get(kind), dict) and "name" in item[kind]:
                 bucket.add(item[kind]["name"])
     return chains, sets
+
+
+_NON_OBJECTS = frozenset({"metainfo", "table", "rule", "element"})
+
+
+def table_objects(listing: dict[str, Any]) -> set[tuple[str, str]]:
+    """Every named object of a `nft -j list table` listing as (kind, name), maps counted as sets:
+    chains, sets and also whatever else a table may hold (flowtables, counters, ...)."""
+    found: set[tuple[str, str]] = set()
+    for item in listing.get("nftables", []):
+        if not isinstance(item, dict):
+            continue
+        for kind, body in item.items():
+            if kind not in _NON_OBJECTS and isinstance(body, dict) and "name" in body:
+                found.add(("set" if kind == "map" else kind, str(body["name"])))
+    return found
+
+
+def has_table(listing: dict[str, Any]) -> bool:
+    return any(isinstance(item, dict) and "table" in item for item in listing.get("nftables", []))
+
+
+def with_table_teardown(listing: dict[str, Any], lines: list[str], table: str = f"{FAMILY} {TABLE}") -> list[str]:
+    """`lines` (one removal transaction), plus `delete table` when that transaction deletes every
+    object the table's listing holds, or the table is there and empty.
+
+    "Every object" is every chain, set, map or other object of ANY pycni part, not only the
+    caller's: the table goes only when its last user's objects go. The caller holds
+    lock.tables(exclusive=True) from the listing to the transaction."""
+    if not has_table(listing):
+        return lines
+    if table_objects(listing) - deleted_objects(lines, table):
+        return lines
+    return [*lines, f"delete table {table}"]
+
+
+def deleted_objects(lines: Iterable[str], table: str = f"{FAMILY} {TABLE}") -> set[tuple[str, str]]:
+    """The (kind, name) objects of `table` that the transaction `lines` deletes."""
+    gone: set[tuple[str, str]] = set()
+    prefix = {f"delete {kind} {table} ": kind for kind in ("chain", "set", "map")}
+    for line in lines:
+        for start, kind in prefix.items():
+            if line.startswith(start):
+                gone.add(("set" if kind == "map" else kind, line[len(start):].strip()))
+    return gone
+
+
+def script_of(lines: Iterable[str]) -> str:
+    """One nft script from transaction lines ("" for none)."""
+    text = "\n".join(lines)
+    return text + "\n" if text else ""
+
+
+def element_count(listing: dict[str, Any], names: Iterable[str]) -> int:
+    """How many elements the sets/maps `names` of a listing hold."""
+    wanted = set(names)
+    total = 0
+    for item in listing.get("nftables", []):
+        if not isinstance(item, dict):
+            continue
+        obj = item.get("set") or item.get("map")
+        if isinstance(obj, dict) and obj.get("name") in wanted:
+            total += len(obj.get("elem", []))
+    return total
 
 
 @dataclass(frozen=True)
@@ -219,6 +284,16 @@ def render_spoof_delete(entries: Iterable[SpoofEntry]) -> str:
         else:
             lines.append(f"delete element {SPOOF_TABLE} spoof_ports {{ {_ifname(e.host_if)} }}")
     return "\n".join(lines) + ("\n" if lines else "")
+
+
+def render_spoof_removal(listing: dict[str, Any], doomed: list[SpoofEntry], *, everything: bool) -> list[str]:
+    """Delete `doomed`; when they are all the elements there are (`everything`), delete the
+    chain and both sets instead (those that exist): nothing of macspoofchk outlives its last pod."""
+    chains, sets = objects(listing)
+    if everything and ("prerouting" in chains or {"spoof_ports", "spoof_allowed"} & sets):
+        present = [n for n in ("spoof_ports", "spoof_allowed") if n in sets]
+        return render_teardown([c for c in ("prerouting",) if c in chains], present, SPOOF_TABLE)
+    return render_spoof_delete(doomed).splitlines()
 
 
 def parse_spoof_entries(listing: dict[str, Any]) -> list[SpoofEntry]:

@@ -52,6 +52,13 @@ class LinkInfo:
     peer_index: int | None
 
 
+def random_mac() -> str:
+    """A random locally administered unicast MAC (02-bit set, multicast bit clear)."""
+    octets = bytearray(os.urandom(6))
+    octets[0] = (octets[0] | 0x02) & 0xFE
+    return ":".join(f"{b:02x}" for b in octets)
+
+
 def _errno_name(code: int) -> str:
     return f"{errno.errorcode.get(code, str(code))}: {os.strerror(code)}"
 
@@ -184,9 +191,16 @@ class Netlink:
         name that is not a bridge is a LinkConflict (105). The creator pins the bridge MAC to its
         own random address (addr_assign_type=SET): otherwise the kernel gives the bridge the lowest
         MAC among its ports, and the node's gateway MAC changes as pods come and go.
+
+        The address goes in the create request itself, not in a later "set MAC to the one it has":
+        only a new address makes the kernel compute the STP bridge id, and that step also drops
+        the empty bridge's carrier. The first forwarding port then raises it again, the carrier
+        change runs the kernel's operstate logic, and the bridge reports UP (issue 16). Pinned to
+        its own address after creation, a bridge kept bridge id 0 and its creation-time carrier,
+        never saw a carrier change and reported operstate UNKNOWN for as long as it had a port.
         """
         created = False
-        kwargs: dict[str, Any] = {"ifname": name, "kind": "bridge"}
+        kwargs: dict[str, Any] = {"ifname": name, "kind": "bridge", "address": random_mac()}
         if mtu:
             kwargs["mtu"] = mtu
         try:
@@ -200,8 +214,6 @@ class Netlink:
             raise LinkConflict(
                 f"link {name} exists and is not a bridge", f"it is of kind {link.kind or 'unknown'!r}"
             )
-        if created:
-            self.set_mac(name, link.mac)
         if promisc:
             self.set_promisc(name, True)
         self.set_up(name)

@@ -195,6 +195,19 @@ class TrafficControl(Netlink):
         msgs = self._call(f"list filters of {dev}", self._ipr.get_filters, index=index, parent=INGRESS_HANDLE)
         return [target for m in msgs for target in _mirred_targets(m)]
 
+    def redirects(self) -> dict[str, list[int]]:
+        """Link name -> the ifindexes its ingress filters redirect to, for every link of this
+        namespace that redirects anywhere (GC, and DEL of a reference IFB)."""
+        found: dict[str, list[int]] = {}
+        for name in self.link_names():
+            try:
+                targets = self.redirect_targets(name)
+            except (LinkNotFound, NetlinkFailure):  # gone meanwhile, or no tc on it
+                continue
+            if targets:
+                found[name] = targets
+        return found
+
     # --- IFB links -------------------------------------------------------------------------------
 
     def create_ifb(self, name: str, *, alias: str, mtu: int | None = None) -> None:

@@ -231,6 +231,33 @@ def test_network_rm_leaves_no_per_network_rules(pm: PodmanWorld):
     assert leftovers == []
 
 
+def test_rm_of_the_last_container_and_network_leaves_the_ruleset_as_before(pm: PodmanWorld):
+    """Issue 15: with no network of this world left, the node's nftables ruleset is what it was
+    before: no `inet pycni`/`bridge pycni` table, no portmap map, firewall admin jump or chain."""
+    def ruleset() -> list[dict]:
+        out = pm.on_host("nft", "-j", "list", "ruleset").stdout
+        return [i for i in json.loads(out or '{"nftables": []}')["nftables"] if "metainfo" not in i]
+
+    before = ruleset()
+    assert not [i for i in before if "table" in i and i["table"]["name"] == "pycni"], before
+    nets = [pm.network_create(), pm.network_create()]
+    pm.run_detached("r1", "--network", nets[0].name, "-p", f"{random.randrange(20000, 40000)}:80",
+                    command=("httpd", "-f", "-p", "80", "-h", "/www"))
+    pm.run_detached("r2", "--network", nets[1].name)
+    pm.run_detached("r3", "--network", nets[1].name)
+    tables = {f"{i['table']['family']} {i['table']['name']}" for i in ruleset() if "table" in i}
+    assert "inet pycni" in tables, tables
+
+    pm.podman("rm", "-f", "-t", "0", "r1", "r2")
+    assert "inet pycni" in {f"{i['table']['family']} {i['table']['name']}" for i in ruleset() if "table" in i}
+    pm.podman("rm", "-f", "-t", "0", "r3")
+    for net in nets:
+        pm.podman("network", "rm", net.name)
+        pm.networks.remove(net)
+        pm.forget_network(net)
+    assert ruleset() == before, pm.on_host("nft", "list", "ruleset").stdout
+
+
 def test_hand_written_conflist_with_prefixed_names(pm: PodmanWorld, plugin_origins, installed_bin: Path):
     """CNI_NAMES=prefixed beside the reference plugins: a conflist naming pycni-* types."""
     name, subnet = unique("pycni-pmhand"), free_subnet(4, 24)

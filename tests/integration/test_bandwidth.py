@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import struct
 import subprocess
@@ -19,7 +20,7 @@ from typing import Any
 import pytest
 
 from cni_plugin import netns
-from cni_plugin.bandwidth import ifb_name
+from cni_plugin.bandwidth import go_ifb_name, ifb_name
 from cni_plugin.firewall import attachment_tag
 from cni_plugin.netlink import tc
 from cni_plugin.spec.errors import NetlinkFailure
@@ -46,6 +47,10 @@ def tc_show(ns, *argv: str) -> str:
 def ifbs(ns) -> dict[str, str]:
     """{name: alias} of the IFB links in `ns`, as `ip -d link show type ifb` lists them."""
     return {link["ifname"]: link.get("ifalias", "") for link in ns.ip_json("-d", "link", "show", "type", "ifb")}
+
+
+def links_of(ns) -> dict[str, dict]:
+    return {link["ifname"]: link for link in ns.ip_json("link", "show")}
 
 
 def veth_pod(host, pod, name: str) -> dict[str, Any]:
@@ -176,8 +181,9 @@ def test_check_detects_changes_and_del_removes_everything(installed_bin, host_ne
     conf = bw_conf(prev, **SHAPED)
     rc, out, err = run_bw(installed_bin, host_netns, "ADD", conf, "c1", pod_netns.path)
     assert rc == 0, (out, err)
-    assert out == prev  # chained: prevResult passed through unchanged
     ifb = ifb_name("c1", "eth0")
+    # prevResult's entries as they were, then the IFB (as the reference appends it).
+    assert out["interfaces"] == [*prev["interfaces"], {"name": ifb, "mac": links_of(host_netns)[ifb]["address"]}]
     assert run_bw(installed_bin, host_netns, "CHECK", conf, "c1", pod_netns.path)[0] == 0
 
     def check_fails(word: str) -> None:
@@ -372,3 +378,64 @@ def test_go_bandwidth_and_pycni_bandwidth_leave_each_others_ifb_alone(installed_
     assert set(ifbs(host_netns)) == go_ifbs  # our DEL: Go's IFB stays
     go("DEL", 1)
     assert ifbs(host_netns) == {}
+
+
+def test_the_ifb_is_appended_to_the_result_like_the_reference_does(installed_bin, host_netns, netns_factory):
+    """Issue 15: same prevResult (with IPs pointing at interfaces) through Go bandwidth and pycni's."""
+    results = {}
+    for kind in ("go", "pycni"):
+        pod = netns_factory("pycni-bwpod")
+        prev = veth_pod(host_netns, pod, f"hvres{kind}")
+        prev["ips"] = [{"address": "198.18.0.2/24", "gateway": "198.18.0.1", "interface": 1}]
+        conf = dict(bw_conf(prev, **SHAPED), type="bandwidth" if kind == "go" else "pycni-bandwidth")
+        exe = GO_PLUGINS / "bandwidth" if kind == "go" else installed_bin / "pycni-bandwidth"
+        env = bare_env(CNI_COMMAND="ADD", CNI_CONTAINERID=f"res{kind}", CNI_NETNS=pod.path, CNI_IFNAME="eth0",
+                       CNI_PATH=str(GO_PLUGINS))
+        rc, out, err = run_plugin(exe, env, conf, netns=host_netns)
+        assert rc == 0, (kind, out, err)
+        results[kind] = (prev, out)
+        rc, _, err = run_plugin(exe, dict(env, CNI_COMMAND="DEL"), conf, netns=host_netns)
+        assert rc == 0, (kind, err)
+
+    for kind, (prev, out) in results.items():
+        *kept, ifb = out["interfaces"]
+        assert kept == prev["interfaces"] and out["ips"] == prev["ips"], kind  # indexes still right
+        assert set(ifb) == {"name", "mac"} and "sandbox" not in ifb, (kind, ifb)
+        assert re.fullmatch(r"([0-9a-f]{2}:){5}[0-9a-f]{2}", ifb["mac"]), (kind, ifb)
+    assert results["pycni"][1]["interfaces"][-1]["name"] == ifb_name("respycni", "eth0")
+
+
+def test_after_a_switch_from_go_bandwidth_gc_and_del_remove_the_go_ifbs(installed_bin, host_netns, netns_factory):
+    """Issue 15: pods shaped by the Go plugin, then the network's conflist names pycni-bandwidth.
+    GC removes the Go IFBs of pods that are gone (no redirect leads to them) and keeps those in
+    use, also another network's; pycni's DEL removes the Go IFB of its own attachment."""
+    pods = {cid: netns_factory("pycni-bwpod") for cid in ("gone", "live", "elsewhere")}
+    prevs = {cid: veth_pod(host_netns, pod, f"hvsw{i}") for i, (cid, pod) in enumerate(pods.items())}
+    network = {"gone": "bwswitch", "live": "bwswitch", "elsewhere": "bwother"}
+
+    def env(verb: str, cid: str) -> dict[str, str]:
+        return bare_env(CNI_COMMAND=verb, CNI_CONTAINERID=cid, CNI_NETNS=pods[cid].path if cid else "",
+                        CNI_IFNAME="eth0", CNI_PATH=str(GO_PLUGINS))
+
+    for cid in pods:
+        conf = dict(bw_conf(prevs[cid], network[cid], **SHAPED), type="bandwidth")
+        rc, out, err = run_plugin(GO_PLUGINS / "bandwidth", env("ADD", cid), conf, netns=host_netns)
+        assert rc == 0, (cid, out, err)
+    go_names = {cid: go_ifb_name(network[cid], cid) for cid in pods}
+    assert set(ifbs(host_netns)) == set(go_names.values())  # the reference's naming, as pycni reads it
+    assert all(alias == "" for alias in ifbs(host_netns).values())
+
+    subprocess.run(["ip", "netns", "del", pods["gone"].name], check=True)  # its veth and redirect go
+    deadline = time.monotonic() + 10
+    while "hvsw0" in links_of(host_netns) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gc = bw_conf(None, "bwswitch", cniVersion="1.1.0",
+                 **{"cni.dev/valid-attachments": [{"containerID": "live", "ifname": "eth0"}]})
+    rc, out, err = run_plugin(installed_bin / "pycni-bandwidth", env("GC", ""), gc, netns=host_netns)
+    assert rc == 0, (out, err)
+    assert set(ifbs(host_netns)) == {go_names["live"], go_names["elsewhere"]}
+
+    conf = bw_conf(prevs["live"], "bwswitch", **SHAPED)
+    rc, out, err = run_plugin(installed_bin / "pycni-bandwidth", env("DEL", "live"), conf, netns=host_netns)
+    assert rc == 0, (out, err)
+    assert set(ifbs(host_netns)) == {go_names["elsewhere"]}

@@ -123,6 +123,48 @@ def test_dad_off_by_default_and_hairpin(host_netns, pod_netns, tmp_path):
     assert result["interfaces"][2]["mtu"] == 1500  # 1.1.0 carries interface mtu
 
 
+def _bridge_state(host, name: str, want: str) -> tuple[str, str, str, int]:
+    """(operstate, MAC, STP bridge id's MAC part, addr_assign_type) as `ip -d link` shows them.
+
+    The kernel applies a carrier change to operstate from its linkwatch work, which it runs at
+    most about once a second for a bridge: give it 2 s to reach `want`, then report what it is."""
+    deadline = time.monotonic() + 2
+    while (link := links(host)[name])["operstate"] != want and time.monotonic() < deadline:
+        time.sleep(0.02)
+    bridge_id = link["linkinfo"]["info_data"]["bridge_id"].split(".", 1)[1]
+    normalised = ":".join(f"{int(octet, 16):02x}" for octet in bridge_id.split(":"))
+    assign = host.run("cat", f"/sys/class/net/{name}/addr_assign_type").stdout.strip()
+    return link["operstate"], link["address"], normalised, int(assign)
+
+
+def test_bridge_operstate_is_up_after_add_and_down_after_the_last_del_like_the_reference(
+    installed_bin, host_netns, netns_factory, tmp_path
+):
+    """Issue 16: the same ADD/DEL through pycni and through the Go bridge, one bridge each."""
+    seen = {}
+    for kind, exe in (("pycni", installed_bin / "pycni-bridge"), ("go", GO / "bridge")):
+        pod, cid, bridge = netns_factory("pycni-pod"), _cid(), f"cni-op-{kind}"
+        conf = bridge_conf("1.0.0", f"op-{kind}", bridge, tmp_path / kind, [free_subnet(4)], isGateway=True)
+        conf["type"] = exe.name
+        common = dict(CNI_CONTAINERID=cid, CNI_NETNS=pod.path, CNI_IFNAME="eth0", CNI_PATH=str(GO))
+        rc, result, err = run_plugin(exe, bare_env(CNI_COMMAND="ADD", **common), conf, netns=host_netns)
+        assert rc == 0, (result, err)
+        after_add = _bridge_state(host_netns, bridge, "UP")
+        rc, out, err = run_plugin(exe, bare_env(CNI_COMMAND="DEL", **common), dict(conf, prevResult=result),
+                                  netns=host_netns)
+        assert rc == 0, (out, err)
+        after_del = _bridge_state(host_netns, bridge, "DOWN")
+        seen[kind] = (after_add, after_del, links(host_netns)[bridge]["flags"])
+
+    for kind, ((op_add, mac, bridge_id, assign), (op_del, mac_after, _, _), flags) in seen.items():
+        assert op_add == "UP", (kind, seen)
+        # The MAC is pinned (3 = set) and is the STP bridge id, as the kernel does for a new address.
+        assert assign == 3 and bridge_id == mac == mac_after, (kind, seen)
+        # The bridge stays (neither plugin deletes it), admin up with no carrier: operstate DOWN.
+        assert op_del == "DOWN" and "UP" in flags and "NO-CARRIER" in flags, (kind, seen)
+    assert seen["pycni"][0][0] == seen["go"][0][0] and seen["pycni"][1][0] == seen["go"][1][0]
+
+
 @pytest.mark.parametrize("version", ["0.3.1", "0.4.0", "1.0.0", "1.1.0"])
 def test_installed_executable_add_check_del_del(version, installed_bin, host_netns, pod_netns, tmp_path):
     conf = bridge_conf(version, "exe", "cni-exe", tmp_path, [free_subnet(4)], isGateway=True, ipMasq=True)
@@ -327,7 +369,8 @@ def test_last_del_and_gc_remove_the_networks_chain_and_sets(host_netns, netns_fa
         rc, out, err = run_inproc(host_netns, "DEL", dict(conf, prevResult=res_b), cid_b, pod_b.path)
         assert rc == 0, (out, err)
     assert _network_lines(host_netns, "lastdel", v4, v6) == []
-    assert host_netns.run("nft", "list", "table", "inet", "pycni").returncode == 0  # the table stays
+    # Nothing else used it: the table went with the network's last objects (issue 15).
+    assert host_netns.run("nft", "list", "table", "inet", "pycni", check=False).returncode != 0
 
     # GC keeping nobody is a last removal too (and a later ADD builds the skeleton again).
     pod_c, cid_c = netns_factory("pycni-pod"), _cid()

@@ -364,6 +364,20 @@ def test_release_deletes_keys_and_frees_the_subnet(make):
     assert make().claim(node("c"), cfg).subnets[0] not in b.nodes().nodes[0].subnets
 
 
+def test_forget_removes_a_departed_node_at_once_and_only_that_node(etcd, make, prefix, tmp_path):
+    a, b = make(), make()
+    cfg = a.set_cluster_config({"clusterCIDRs": ["10.244.0.0/16", "fd00:10:244::/56"]})
+    a.claim(node("a"), cfg)
+    b.claim(node("b"), cfg)
+    # The operator's command, as an operator runs it: a's agent is gone for good.
+    out = subprocess.run([sys.executable, "-m", "cni_plugin.cli", "cluster", "forget", "a",
+                          "--etcd-endpoints", etcd.endpoint, "--etcd-prefix", prefix],
+                         capture_output=True, text=True, check=True)
+    assert "removed 2 subnet key(s) of a" in out.stdout  # both families
+    assert names(b) == ["b"]
+    assert make().forget("a") == 0
+
+
 # --- watch ------------------------------------------------------------------------------------
 
 

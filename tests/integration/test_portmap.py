@@ -19,9 +19,11 @@ from typing import Any
 
 import pytest
 
+from cni_plugin.firewall.nftables import NftRunner
+from cni_plugin.spec.errors import FirewallFailure
 from tests.conftest import bare_env, free_subnet, run_plugin
 
-from .bridge_support import GO
+from .bridge_support import GO, run_inproc
 
 pytestmark = pytest.mark.integration
 
@@ -344,3 +346,46 @@ def test_concurrent_adds_for_one_host_port_have_exactly_one_winner(installed_bin
     assert all(o[1]["code"] == 110 for o in outcomes if o[0] != 0), outcomes
     elements = portmap_elements(host_netns)
     assert len([e for e in elements if "18300" in e]) == 1
+
+
+def test_a_failed_add_rolls_back_the_route_localnet_it_set(installed_bin, host_netns, netns_factory, tmp_path, mocker):
+    """Issue 15: route_localnet goes back to 0 on a bridge where the failed ADD switched it on,
+    and stays 1 where another attachment set it."""
+    bridges = ["pl" + os.urandom(3).hex() for _ in range(2)]
+    chains = [Chain(installed_bin, host_netns, bridge_plugin(tmp_path / b, b, [free_subnet(4)]), PORTMAP)
+              for b in bridges]
+    pods = [netns_factory("pycni-pod") for _ in range(3)]
+    port = [{"hostPort": 18400, "containerPort": 80, "protocol": "tcp"}]
+
+    def localnet(bridge: str) -> str:
+        return host_netns.run("sysctl", "-n", f"net.ipv4.conf.{bridge}.route_localnet").stdout.strip()
+
+    _, (rc, out, err) = chains[0].add("pl-a", pods[0], port)
+    assert rc == 0, (out, err)
+    assert localnet(bridges[0]) == "1"
+    before = sorted(portmap_elements(host_netns))
+
+    # Refused (the port is taken) on the second bridge: that bridge is as it was.
+    result_b, (rc, out, err) = chains[1].add("pl-b", pods[1], port)
+    assert rc == 1 and out["code"] == 110, (out, err)
+    assert localnet(bridges[1]) == "0" and localnet(bridges[0]) == "1"
+    # Refused on the first bridge: the sysctl stays, pl-a needs it.
+    result_c, (rc, out, err) = chains[0].add("pl-c", pods[2], port)
+    assert rc == 1 and out["code"] == 110, (out, err)
+    assert localnet(bridges[0]) == "1"
+
+    # A fault injected after the sysctl: the nft transaction fails.
+    real_run = NftRunner.run
+
+    def failing(self, argv, script="", what=""):
+        if what == "host port setup":
+            raise FirewallFailure("nftables: host port setup failed", "injected")
+        return real_run(self, argv, script, what)
+
+    mocker.patch.object(NftRunner, "run", failing)
+    conf = dict(PORTMAP, cniVersion="1.1.0", name="pmnet", prevResult=result_b,
+                runtimeConfig={"portMappings": [{"hostPort": 18401, "containerPort": 80}]})
+    rc, out, err = run_inproc(host_netns, "ADD", conf, "pl-b", pods[1].path, plugin="portmap")
+    assert rc == 1 and out["code"] == 106 and "injected" in json.dumps(out), (out, err)
+    assert localnet(bridges[1]) == "0" and localnet(bridges[0]) == "1"
+    assert sorted(portmap_elements(host_netns)) == before

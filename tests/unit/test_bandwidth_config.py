@@ -203,3 +203,16 @@ def test_host_candidates_are_the_interfaces_without_sandbox():
         Interface(name="eth0", mac="", sandbox="/run/netns/x"),
     ))
     assert bandwidth.host_candidates(prev) == ["cni0", "veth1"]
+
+
+def test_the_reference_ifbs_gc_may_remove():
+    from cni_plugin.bandwidth import go_ifb_name, looks_like_go_ifb, stale_go_ifbs
+
+    live, gone, other = go_ifb_name("net", "live"), go_ifb_name("net", "gone"), go_ifb_name("other", "x")
+    assert len(live) == 15 and live.startswith("bwp") and live != gone
+    assert looks_like_go_ifb(live, "") and not looks_like_go_ifb(live, "pycni-bandwidth net t")
+    assert not looks_like_go_ifb("bwpzzzzzzzzzzzz", "") and not looks_like_go_ifb("ifb0", "")
+    ifbs = [(live, 1, ""), (gone, 2, ""), (other, 3, ""), ("bwp0123456789ab", 4, "pycni-bandwidth net t")]
+    # gone: nothing redirects to it; other: redirected (a live pod of another network); live: listed.
+    assert stale_go_ifbs(ifbs, redirected={3}, network="net", valid_ids=["live"]) == [gone]
+    assert stale_go_ifbs(ifbs, redirected=set(), network="net", valid_ids=["live"]) == sorted([gone, other])

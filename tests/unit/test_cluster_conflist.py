@@ -81,3 +81,37 @@ def test_bridge_status_answers_50_until_the_node_is_ready(tmp_path, monkeypatch)
     assert caught.value.code == 50 and "no cluster subnet" in caught.value.details
     status.write(path, {"ready": True})
     bridge.status(args)  # ready: no error
+
+
+def test_metrics_render_counts_peers_by_how_they_are_reached():
+    from cni_plugin.cluster import metrics
+
+    text = metrics.render({"node": "n1", "ready": True, "datastore": "etcd", "datastoreReachable": False,
+                           "peers": [{"via": "bgp"}, {"via": "bgp"}, {"via": "unreachable"}], "reconciles": 7})
+    assert 'pycni_cluster_ready{node="n1"} 1' in text
+    assert 'pycni_cluster_datastore_reachable{node="n1",datastore="etcd"} 0' in text
+    assert 'pycni_cluster_peers{node="n1",via="bgp"} 2' in text
+    assert 'pycni_cluster_peers{node="n1",via="unreachable"} 1' in text
+    assert 'pycni_cluster_peers{node="n1",via="vxlan"} 0' in text
+    assert 'pycni_cluster_reconciles_total{node="n1"} 7' in text
+
+
+def test_metrics_endpoint_serves_metrics_and_healthz():
+    import urllib.error
+    import urllib.request
+
+    from cni_plugin.cluster import metrics
+
+    state = {"node": "n1", "ready": False, "reason": "no subnet yet"}
+    server = metrics.serve("127.0.0.1:0", lambda: state)
+    try:
+        port = server.server_address[1]
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5)
+        assert caught.value.code == 503 and b"no subnet yet" in caught.value.read()
+        state["ready"] = True
+        assert urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).status == 200
+        body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert 'pycni_cluster_ready{node="n1"} 1' in body
+    finally:
+        server.shutdown()

@@ -50,7 +50,6 @@ def fake_plan(config, me, nodes, facts):
 class RecordingDataplane:
     def __init__(self):
         self.applied: list[Desired] = []
-        self.masquerades: list[NodeRecord] = []
         self.torn_down = False
 
     def local_facts(self, node_address):
@@ -59,9 +58,6 @@ class RecordingDataplane:
     def apply(self, desired):
         self.applied.append(desired)
         return {"added": len(desired.peers)}
-
-    def apply_masquerade(self, config, me):
-        self.masquerades.append(me)
 
     def teardown(self):
         self.torn_down = True
@@ -107,7 +103,6 @@ def test_claim_then_reconcile_writes_the_conflist_on_the_node_subnet(tmp_path, b
     conf = read_conflist(controller)
     assert conf["plugins"][0]["ipam"]["ranges"] == [[{"subnet": str(subnet)}]]
     assert conf["plugins"][0]["mtu"] == 1450
-    assert dataplane.masquerades[-1].subnets == record.subnets
     doc = status.read(controller.settings.status_file)
     assert doc["ready"] is True and doc["subnets"] == [str(subnet)] and doc["vtepMAC"] == "02:00:00:00:00:01"
     assert status.not_ready_reason(controller.settings.status_file) == ""

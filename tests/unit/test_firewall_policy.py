@@ -368,3 +368,58 @@ def test_status_reports_an_unusable_backend(monkeypatch):
     assert rc == 1 and out["code"] == 50
     rc, out = _dispatch("STATUS", {"cniVersion": "1.1.0", "name": "n", "type": "firewall", "backend": "firewalld"})
     assert rc == 1 and out["code"] == 50
+
+
+def _only_network_listing(network: str, admin_rules: int = 0, *elems: tuple[str, str]) -> dict:
+    """The inet table with one firewall network and its shared objects (admin chain with rules)."""
+    n, jump = network_id(network), pr.admin_jump_chain("CNI-ADMIN")
+    items: list[dict] = [{"table": {"family": "inet", "name": "pycni"}}]
+    items += [{"chain": {"name": name}} for name in ("CNI-ADMIN", jump, pr.ISO_CHAIN, f"fw_{n}")]
+    items.append({"rule": {"chain": jump, "expr": [{"jump": {"target": "CNI-ADMIN"}}]}})
+    items += [{"rule": {"chain": "CNI-ADMIN", "expr": [{"drop": None}]}} for _ in range(admin_rules)]
+    v4 = [{"elem": {"val": ip, "comment": tag}} for ip, tag in elems]
+    items += [{"set": {"name": f"fw4_{n}", "elem": v4}}, {"set": {"name": f"fw6_{n}"}},
+              {"set": {"name": pr.ISO_BRIDGES, "elem": ["cni0"]}}, {"set": {"name": pr.ISO_INTRA}}]
+    return {"nftables": items}
+
+
+def test_the_last_firewall_network_takes_the_shared_objects_and_the_tables_along():
+    from cni_plugin.firewall.render import with_table_teardown
+
+    inet = _only_network_listing("net1", 0, ("198.18.0.2", "t1"))
+    bridge = {"nftables": [{"table": {"family": "bridge", "name": "pycni"}}, {"chain": {"name": pr.ISO_PORT_CHAIN}},
+                           {"set": {"name": pr.ISO_PORTS, "elem": [
+                               {"elem": {"val": "vethA", "comment": pr.port_comment("net1", "t1")}}]}}]}
+    plan = pr.plan_removal("net1", inet, bridge, lambda tag: tag == "t1")
+    lines = pr.render_shared_teardown(inet, bridge, plan.script.splitlines())
+    jump = pr.admin_jump_chain("CNI-ADMIN")
+    for wanted in (f"delete chain inet pycni {jump}", "delete chain inet pycni CNI-ADMIN",
+                   f"delete chain inet pycni {pr.ISO_CHAIN}", f"delete set inet pycni {pr.ISO_BRIDGES}",
+                   f"delete chain bridge pycni {pr.ISO_PORT_CHAIN}", f"delete set bridge pycni {pr.ISO_PORTS}"):
+        assert wanted in lines, wanted
+    assert not any(line.startswith("delete element bridge") for line in lines)  # the set goes whole
+    # The jump is flushed before its target goes: a jump keeps its target in use.
+    assert lines.index(f"flush chain inet pycni {jump}") < lines.index("delete chain inet pycni CNI-ADMIN")
+    final = with_table_teardown(bridge, with_table_teardown(inet, lines, pr.T), pr.BRIDGE_T)
+    assert final[-2:] == ["delete table inet pycni", "delete table bridge pycni"]
+
+
+def test_shared_firewall_objects_stay_while_needed():
+    from cni_plugin.firewall.render import with_table_teardown
+
+    # Another address of the network is left: nothing shared goes.
+    inet = _only_network_listing("net1", 0, ("198.18.0.2", "t1"), ("198.18.0.3", "t2"))
+    plan = pr.plan_removal("net1", inet, {}, lambda tag: tag == "t1")
+    assert pr.render_shared_teardown(inet, {}, plan.script.splitlines()) == plan.script.splitlines()
+    # An operator's rule in the admin chain keeps it and its jump, and so the table.
+    inet = _only_network_listing("net1", 1, ("198.18.0.2", "t1"))
+    plan = pr.plan_removal("net1", inet, {}, lambda tag: True)
+    lines = with_table_teardown(inet, pr.render_shared_teardown(inet, {}, plan.script.splitlines()))
+    assert "delete chain inet pycni CNI-ADMIN" not in lines and not any("delete table" in x for x in lines)
+    assert f"delete chain inet pycni {pr.ISO_CHAIN}" in lines
+    # Another pycni part's chain in the table keeps the table.
+    inet = _only_network_listing("net1", 0, ("198.18.0.2", "t1"))
+    inet["nftables"].append({"chain": {"name": "cluster_masq"}})
+    plan = pr.plan_removal("net1", inet, {}, lambda tag: True)
+    lines = with_table_teardown(inet, pr.render_shared_teardown(inet, {}, plan.script.splitlines()))
+    assert "delete chain inet pycni CNI-ADMIN" in lines and not any("delete table" in x for x in lines)

@@ -258,3 +258,29 @@ def test_a_busy_lock_is_try_again_later_and_released_on_error(tmp_path):
         pass  # the failed holder let go
     assert oct(os.stat(path).st_mode & 0o777) == "0o600"
     assert lock.lock_path("masquerade") == "/run/pycni/masquerade.lock"
+
+
+def test_a_table_goes_only_when_the_transaction_empties_it():
+    table = {"table": {"family": "inet", "name": "pycni"}}
+    listing = {"nftables": [table, {"chain": {"name": "masq_x"}}, {"set": {"name": "pods4_x"}},
+                            {"map": {"name": "hostports4"}}, {"rule": {"chain": "masq_x"}}]}
+    lines = render.render_teardown(["masq_x"], ["pods4_x"])
+    assert render.with_table_teardown(listing, lines) == lines  # the map is left
+    lines += ["delete map inet pycni hostports4"]
+    assert render.with_table_teardown(listing, lines)[-1] == "delete table inet pycni"
+    assert render.with_table_teardown({"nftables": [table]}, []) == ["delete table inet pycni"]  # empty
+    assert render.with_table_teardown({}, []) == []  # no table at all
+    other = {"nftables": [table, {"flowtable": {"name": "ft"}}]}  # anything else keeps it
+    assert render.with_table_teardown(other, []) == []
+
+
+def test_the_last_macspoofchk_entries_take_the_chain_and_sets_along():
+    listing = {"nftables": [{"table": {"family": "bridge", "name": "pycni"}}, {"chain": {"name": "prerouting"}},
+                            {"set": {"name": "spoof_ports", "elem": [{"elem": {"val": "veth1", "comment": "c"}}]}},
+                            {"set": {"name": "spoof_allowed"}}]}
+    entries = render.parse_spoof_entries(listing)
+    lines = render.render_spoof_removal(listing, entries, everything=True)
+    assert "delete chain bridge pycni prerouting" in lines and "delete set bridge pycni spoof_ports" in lines
+    assert render.with_table_teardown(listing, lines, render.SPOOF_TABLE)[-1] == "delete table bridge pycni"
+    assert render.render_spoof_removal(listing, entries, everything=False) == [
+        'delete element bridge pycni spoof_ports { "veth1" }']

@@ -3,6 +3,7 @@ backend, route_localnet and conntrack seams are replaced by in-memory fakes)."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import ipaddress
 import json
@@ -248,7 +249,10 @@ class FakePortmap:
     def chains(self) -> set[str]:
         return set(pr.CHAINS) if self.state else set()
 
-    def add(self, wanted: pr.Entries) -> list:
+    def locked(self):
+        return contextlib.nullcontext()
+
+    def add(self, wanted: pr.Entries, *, held: bool = False) -> list:
         self._check()
         self.calls.append("add")
         plan = pr.plan_add(wanted, self.state)
@@ -268,7 +272,7 @@ class FakePortmap:
                                 masq=tuple(e for e in self.state.masq if e not in doomed.masq))
         return doomed
 
-    def remove(self, comment: str) -> pr.Entries:
+    def remove(self, comment: str, *, held: bool = False) -> pr.Entries:
         self._check()
         return self._drop(self.state.with_comment(comment))
 
@@ -434,3 +438,21 @@ def test_a_busy_lock_is_try_again_later(tmp_path):
                 pass
     with portmap_nft.locked(path, timeout=0.05):
         pass  # released with the first holder
+
+
+def test_route_localnet_is_kept_only_for_another_attachment_behind_that_interface():
+    change = portmap.LocalnetChange(key="ipv4/conf/cni0/route_localnet", before="0",
+                                    routes=(ipaddress.ip_network("198.18.0.0/24"),))
+    loop = ipaddress.ip_network("127.0.0.1/32")
+
+    def hairpin(source, pod, comment):
+        return pr.HairpinEntry(family=4, source=source, pod_ip=ipaddress.ip_address(pod), comment=comment)
+
+    ours, other = "n-ours", "n-other"
+    assert not portmap.localnet_needed_by_others(change, pr.Entries(), ours)
+    assert not portmap.localnet_needed_by_others(  # our own entries, or another's not from 127.0.0.1
+        change, pr.Entries(masq=(hairpin(loop, "198.18.0.5", ours),
+                                 hairpin(ipaddress.ip_network("198.18.0.0/24"), "198.18.0.6", other))), ours)
+    assert not portmap.localnet_needed_by_others(  # another's, but behind another interface
+        change, pr.Entries(masq=(hairpin(loop, "198.19.0.6", other),)), ours)
+    assert portmap.localnet_needed_by_others(change, pr.Entries(masq=(hairpin(loop, "198.18.0.6", other),)), ours)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import json
 
@@ -214,3 +215,24 @@ def test_parsed_entries_render_the_keys_they_were_created_with():
     parsed = pr.parse_entries(LISTING).with_comment(C1)
     assert [e.key_text() for e in parsed.ports] == ["tcp . 8080", "tcp . 8080"]
     assert [e.key_text() for e in parsed.masq] == ["198.18.0.0/24 . 198.18.0.5", "127.0.0.1 . 198.18.0.5"]
+
+
+def test_the_last_mapping_takes_the_portmap_chains_and_maps_along():
+    from cni_plugin.firewall.render import with_table_teardown
+
+    listing = copy.deepcopy(LISTING)
+    masq = next(i["set"] for i in listing["nftables"] if i.get("set", {}).get("name") == "hostports_masq4")
+    odd = masq["elem"].pop()  # a range that is no prefix: not pycni's, so it keeps the objects
+    listing["nftables"] += [{"chain": {"name": c}} for c in pr.CHAINS if c != "hostports_pre"]
+    entries = pr.parse_entries(listing)
+    kept = copy.deepcopy(listing)
+    next(i["set"] for i in kept["nftables"] if i.get("set", {}).get("name") == "hostports_masq4")["elem"].append(odd)
+    assert not any(line.startswith("delete chain") for line in pr.render_removal(kept, entries))
+    some = pr.Entries(ports=entries.ports[:1])
+    assert pr.render_removal(listing, some) == pr.render_delete(some).splitlines()
+    lines = pr.render_removal(listing, entries)
+    assert all(f"delete chain inet pycni {c}" in lines for c in pr.CHAINS)
+    assert not any(line.startswith("delete element") for line in lines)
+    assert with_table_teardown(listing, lines) == lines  # the masquerade set pods4_abc keeps the table
+    listing["nftables"] = [i for i in listing["nftables"] if i.get("set", {}).get("name") != "pods4_abc"]
+    assert with_table_teardown(listing, lines)[-1] == "delete table inet pycni"
