@@ -101,3 +101,23 @@ def test_memory_source_watch_and_publish() -> None:
     rev = src.revision
     src.publish_attachments("n1", [{"containerID": "c", "ifname": "eth0", "namespace": "x", "name": "a", "ips": []}])
     assert src.revision == rev  # unchanged records: no new revision
+
+
+def test_agent_flags_build_the_policy_controller(tmp_path: Path) -> None:
+    import argparse
+
+    from cni_plugin.cluster import setup
+
+    parser = argparse.ArgumentParser()
+    setup.add_arguments(parser)
+    base = ["--datastore", "etcd", "--etcd-endpoints", "http://127.0.0.1:1", "--node-name", "n1",
+            "--attachments-dir", str(tmp_path / "att"), "--policy-status-file", str(tmp_path / "s.json")]
+    controller = setup.build_policy_controller(parser.parse_args(base))
+    assert controller is not None
+    assert controller.settings.node_name == "n1" and controller.settings.attachments_dir == str(tmp_path / "att")
+    assert type(controller.source).__name__ == "EtcdPolicyStore"
+    # --no-network-policy: no controller, and a socket left by an earlier agent no longer holds ADDs.
+    (tmp_path / "att").mkdir()
+    (tmp_path / "att" / ".sync").write_text("")
+    assert setup.build_policy_controller(parser.parse_args([*base, "--no-network-policy"])) is None
+    assert not (tmp_path / "att" / ".sync").exists()
