@@ -161,6 +161,7 @@ class _Builder:
         self.sets: dict[str, AddrSet] = {}
         self.counters: dict[str, str] = {}
         self._peers: dict[str, list[tuple[str, list[IPNetwork], list[Pod]]]] = {}
+        self._matches: dict[str, list[Match]] = {}
 
     def _add_sets(self, ident: str, comment: str, nets: Iterable[IPNetwork]) -> tuple[str, ...]:
         nets = list(nets)
@@ -312,7 +313,14 @@ class _Builder:
                 ref = ev.RuleRef(ev.TIER_NP, pol.key, direction, i, "Allow")
                 ident = f"NP|{pol.key}|{direction}|{i}"
                 peers = self.np_peers(pol, ident, r) if r.peers else None
-                np_matches += self.matches(ref, "allow", ident, peers, r.ports, pod, direction, None)
+                # A rule's matches are the same for every pod the policy selects, except ingress
+                # named ports (resolved against the receiving pod): computed once per rule.
+                if direction == "ingress" and any(isinstance(p.port, str) for p in r.ports):
+                    np_matches += self.matches(ref, "allow", ident, peers, r.ports, pod, direction, None)
+                else:
+                    if ident not in self._matches:
+                        self._matches[ident] = self.matches(ref, "allow", ident, peers, r.ports, pod, direction, None)
+                    np_matches += self._matches[ident]
         banp_matches: list[Match] = []
         if not isolating and w.baseline is not None and ev.admin_selects_pod(w, w.baseline.subject, pod):
             banp_matches = self._admin_rules(w.baseline, pod, direction, ev.TIER_BANP)
