@@ -93,8 +93,9 @@ def read_all(base: str) -> list[dict[str, object]]:
     return out
 
 
-def sync(base: str, reason: str, required: bool = True, timeout: float = SYNC_TIMEOUT) -> bool:
-    """Ask the agent to apply the node's policy now and wait for its answer.
+def sync(base: str, reason: str, required: bool = True, timeout: float = SYNC_TIMEOUT, wait: bool = True) -> bool:
+    """Ask the agent to apply the node's policy now and wait for its answer (wait=False: only
+    ask, as DEL does).
 
     False when no agent enforces policy here (no socket file). SyncFailed when the socket is there
     but the agent does not confirm (and `required`): the caller fails the ADD."""
@@ -106,6 +107,8 @@ def sync(base: str, reason: str, required: bool = True, timeout: float = SYNC_TI
             conn.settimeout(timeout)
             conn.connect(address)
             conn.sendall(json.dumps({"sync": reason}).encode() + b"\n")
+            if not wait:
+                return True
             answer = b""
             while not answer.endswith(b"\n"):
                 chunk = conn.recv(4096)

@@ -480,7 +480,7 @@ def delete(args: CmdArgs) -> None:
     if base is not None:
         attachments.remove(base, args.container_id, args.ifname)
         # The pod is gone; its rules go on the agent's next pass (best effort, never fails DEL).
-        attachments.sync(base, f"DEL {args.container_id}/{args.ifname}", required=False, timeout=2.0)
+        attachments.sync(base, f"DEL {args.container_id}/{args.ifname}", required=False, timeout=1.0, wait=False)
     sweep.finish()
 
 

@@ -286,7 +286,7 @@ class PolicyController:
             with self._home():  # nft runs in the node's namespace; the datastore is reached from ours
                 mode = self._apply(model, full)
             phases["apply"] = time.monotonic() - started - sum(phases.values())
-        except (DatastoreError, pm.PolicyError, Exception) as exc:  # noqa: BLE001 - reported in the status
+        except Exception as exc:  # noqa: BLE001 - reported in the status; the kernel keeps its rules
             if not isinstance(exc, (DatastoreError, pm.PolicyError)):
                 log.exception("policy pass failed")
             error = f"{type(exc).__name__}: {exc}"

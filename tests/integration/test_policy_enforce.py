@@ -490,6 +490,16 @@ def test_kubernetes_source(tmp_path: Path) -> None:
         want = {("x/a", "y/b"): True, ("x/a", "y/c"): True, ("y/b", "x/a"): False, ("y/b", "y/c"): False,
                 ("y/c", "x/a"): False, ("y/c", "y/b"): False}
         assert settled(want) == want
+        # The streams break and the history is compacted: the re-watch gets 410 Gone, the
+        # controllers relist and follow the next change.
+        api.compact()
+        api.drop_watches()
+        time.sleep(0.5)
+        api.put_object("networkpolicies", np("x-egress-deny", "x", {"podSelector": {}, "policyTypes": ["Egress"]}))
+        want[("x/a", "y/b")] = want[("x/a", "y/c")] = False
+        assert settled(want) == want
+        assert any(r.query.get("watch") == "true" and r.path.endswith("/networkpolicies")
+                   for r in api.seen("GET", watch=True))
     finally:
         cluster.stop()
         api.stop()
