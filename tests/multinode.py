@@ -435,7 +435,8 @@ class Node:
         try:
             return _wait(read, timeout, f"{self.conflist_path}")
         except TimeoutError as exc:
-            raise TimeoutError(f"{exc}; agent log {self.log_path}:\n{self.log_tail()}") from None
+            raise TimeoutError(f"{exc}; status {self.status()}; agent log {self.log_path}:\n"
+                               f"{self.log_tail()}") from None
 
     def write_conflist(self, conflist: dict[str, Any]) -> None:
         self.conf_dir.mkdir(parents=True, exist_ok=True)
@@ -579,6 +580,7 @@ class Topology:
         self.etcd: EtcdServer | None = None
         self.namespaces: list[str] = []
         self._short_dir: Path | None = None
+        self._etcd_dir: Path | None = None
         self.loops: list[PingLoop] = []
         # What tests start beside the nodes (a ToR BIRD, an API server): undone before the namespaces go.
         self.cleanups: list[Any] = []
@@ -623,7 +625,13 @@ class Topology:
             self._add_node(i)
         if self.want_etcd:
             etcd_ip = self.segments[0].gateways[0].ip
-            self.etcd = EtcdServer.start(self.base, host=str(etcd_ip), netns=self.router)
+            # etcd fsyncs its WAL on every write: on a disk shared with busy neighbours that can
+            # stall claims for many seconds. Its data is throwaway, so it lives in memory.
+            etcd_base = self.base
+            if Path("/dev/shm").is_dir():
+                self._etcd_dir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-etcd-", dir="/dev/shm"))
+                etcd_base = self._etcd_dir
+            self.etcd = EtcdServer.start(etcd_base, host=str(etcd_ip), netns=self.router)
 
     def _install(self) -> None:
         """One virtualenv per run (or the caller's), then one shim directory per node."""
@@ -797,6 +805,8 @@ class Topology:
             self.namespaces.clear()
             if self._short_dir is not None:
                 shutil.rmtree(self._short_dir, ignore_errors=True)
+            if self._etcd_dir is not None:
+                shutil.rmtree(self._etcd_dir, ignore_errors=True)
             if self._own_base:
                 shutil.rmtree(self.base, ignore_errors=True)
         finally:

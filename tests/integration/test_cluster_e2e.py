@@ -345,8 +345,11 @@ def test_etcd_outage_keeps_traffic_and_the_agents_catch_up(cluster: Cluster) -> 
             out = node.pycni("cluster", "status", "--status-file", str(node.status_file)).stdout
             assert "UNREACHABLE" in out and "ready" in out, out
         assert mn.tcp_probe(n3.pods[0], n1.pods[0]) == str(n3.pods[0].ip())
-        time.sleep(1)
+        # Long enough for a periodic reconcile to run (and fail) during the outage.
+        time.sleep(max(0.0, mn.RESYNC_INTERVAL + 1 - (time.monotonic() - stopped)))
         outage = time.monotonic() - stopped
+        for node in cluster.members:
+            assert (node.status() or {})["ready"] is True
         topo.etcd.start_again()
         back = wait_for(lambda: all((m.status() or {}).get("datastoreReachable") is True
                                     for m in cluster.members), 60, "every status: datastore reachable again")
