@@ -99,8 +99,9 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 class KubeAPIServer:
-    def __init__(self, token: str = TOKEN, tls: TLS | None = None) -> None:
+    def __init__(self, token: str = TOKEN, tls: TLS | None = None, host: str = "127.0.0.1") -> None:
         self.token = token
+        self.host = host  # another address for the multi-node tests (bound inside the router namespace)
         self.tls = tls
         self.port = 0
         self.gone_as_http = False  # answer a too-old watch with HTTP 410 instead of an ERROR event
@@ -123,14 +124,14 @@ class KubeAPIServer:
     # --- lifecycle -----------------------------------------------------------------------------
 
     @classmethod
-    def start(cls, token: str = TOKEN, tls: TLS | None = None) -> KubeAPIServer:
-        server = cls(token, tls)
+    def start(cls, token: str = TOKEN, tls: TLS | None = None, host: str = "127.0.0.1") -> KubeAPIServer:
+        server = cls(token, tls, host)
         server.start_again()
         return server
 
     def start_again(self) -> None:
         handler = type("Handler", (_Handler,), {"api": self})
-        httpd = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        httpd = ThreadingHTTPServer((self.host, self.port), handler)
         httpd.daemon_threads = True
         self.port = httpd.server_address[1]
         if self.tls is not None:
@@ -162,7 +163,8 @@ class KubeAPIServer:
 
     @property
     def url(self) -> str:
-        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'https' if self.tls else 'http'}://{host}:{self.port}"
 
     def write_kubeconfig(self, path: Path, token: str | None = None) -> Path:
         """A kubeconfig for this server (JSON is YAML): the tests pass it to the datastore."""

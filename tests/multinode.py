@@ -72,14 +72,14 @@ IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 RESYNC_INTERVAL = 5
 
 
-def agent_argv(node: Node, etcd_endpoint: str, *extra: str) -> list[str]:
-    """`ip netns exec <node> <venv>/bin/pycni-agent ...`: how every node's agent is started."""
+def agent_argv(node: Node, etcd_endpoint: str, *extra: str, datastore: Sequence[str] | None = None) -> list[str]:
+    """`ip netns exec <node> <venv>/bin/pycni-agent ...`: how every node's agent is started.
+    `datastore` replaces the etcd flags (e.g. --datastore kubernetes --kubeconfig F --cluster-config F)."""
     node_ips = ",".join(str(a.ip) for a in node.uplink)
     return [
         "ip", "netns", "exec", node.netns, str(node.venv / "bin" / "pycni-agent"),
         "--socket", str(node.agent_socket),
-        "--datastore", "etcd",
-        "--etcd-endpoints", etcd_endpoint,
+        *(datastore if datastore is not None else ("--datastore", "etcd", "--etcd-endpoints", etcd_endpoint)),
         "--node-name", node.name,
         "--node-ip", node_ips,
         "--cni-conf-dir", str(node.conf_dir),
@@ -283,6 +283,8 @@ class Node:
     agent_socket: Path
     agent: subprocess.Popen[bytes] | None = None
     pods: list[Pod] = field(default_factory=list)
+    # Replaces the agent's etcd flags when set (the Kubernetes source: see agent_argv).
+    datastore_args: list[str] | None = None
 
     # Paths the agent is given (all private to this node and this run).
     @property
@@ -343,8 +345,37 @@ class Node:
     # --- the agent ---------------------------------------------------------------------------------
 
     def agent_command(self, *extra: str) -> list[str]:
+        if self.datastore_args is not None:
+            return agent_argv(self, "", *extra, datastore=self.datastore_args)
         assert self.topology.etcd is not None
         return agent_argv(self, self.topology.etcd.endpoint, *extra)
+
+    def status(self) -> dict[str, Any] | None:
+        """The agent's status file (what `pycni cluster status` shows), or None before the first write."""
+        try:
+            return json.loads(self.status_file.read_text())
+        except (OSError, ValueError):
+            return None
+
+    def pycni(self, *argv: str, check: bool = True, timeout: float = 30) -> subprocess.CompletedProcess[str]:
+        """The installed `pycni` admin CLI, run inside the node namespace (as an operator on the node)."""
+        return self.run(str(self.venv / "bin" / "pycni"), *argv, check=check, timeout=timeout,
+                        env={"PATH": BASE_PATH})
+
+    def bird_pids(self) -> list[int]:
+        """Processes of BIRD started by this node's agent (its config lives in the node's state dir)."""
+        conf = str(self.state_dir / "bird")
+        found = []
+        for proc in Path("/proc").iterdir():
+            if not proc.name.isdigit():
+                continue
+            try:
+                cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if cmd and cmd[0].endswith(b"bird") and any(conf.encode() in part for part in cmd):
+                found.append(int(proc.name))
+        return found
 
     def start_agent(self, *extra_args: str, argv: Sequence[str] | None = None) -> None:
         """Start this node's agent (agent_argv + extra_args; `argv` replaces the whole command)."""
@@ -404,7 +435,8 @@ class Node:
         try:
             return _wait(read, timeout, f"{self.conflist_path}")
         except TimeoutError as exc:
-            raise TimeoutError(f"{exc}; agent log {self.log_path}:\n{self.log_tail()}") from None
+            raise TimeoutError(f"{exc}; status {self.status()}; agent log {self.log_path}:\n"
+                               f"{self.log_tail()}") from None
 
     def write_conflist(self, conflist: dict[str, Any]) -> None:
         self.conf_dir.mkdir(parents=True, exist_ok=True)
@@ -548,7 +580,10 @@ class Topology:
         self.etcd: EtcdServer | None = None
         self.namespaces: list[str] = []
         self._short_dir: Path | None = None
+        self._etcd_dir: Path | None = None
         self.loops: list[PingLoop] = []
+        # What tests start beside the nodes (a ToR BIRD, an API server): undone before the namespaces go.
+        self.cleanups: list[Any] = []
         # Links the machine's namespace had before (only new ones can be ours).
         self._root_links = {link.get("ifindex") for link in json.loads(sh("ip", "-j", "link", "show").stdout or "[]")}
 
@@ -590,7 +625,13 @@ class Topology:
             self._add_node(i)
         if self.want_etcd:
             etcd_ip = self.segments[0].gateways[0].ip
-            self.etcd = EtcdServer.start(self.base, host=str(etcd_ip), netns=self.router)
+            # etcd fsyncs its WAL on every write: on a disk shared with busy neighbours that can
+            # stall claims for many seconds. Its data is throwaway, so it lives in memory.
+            etcd_base = self.base
+            if Path("/dev/shm").is_dir():
+                self._etcd_dir = Path(tempfile.mkdtemp(prefix=f"{self.tag}-etcd-", dir="/dev/shm"))
+                etcd_base = self._etcd_dir
+            self.etcd = EtcdServer.start(etcd_base, host=str(etcd_ip), netns=self.router)
 
     def _install(self) -> None:
         """One virtualenv per run (or the caller's), then one shim directory per node."""
@@ -749,6 +790,13 @@ class Topology:
             for node in self.nodes:
                 with contextlib.suppress(Exception):
                     node.kill_agent(signal.SIGKILL)
+                # BIRD outlives its agent on purpose (the next agent adopts it): stop it here.
+                for pid in node.bird_pids():
+                    with contextlib.suppress(OSError):
+                        os.kill(pid, signal.SIGKILL)
+            for cleanup in reversed(self.cleanups):
+                with contextlib.suppress(Exception):
+                    cleanup()
             if self.etcd is not None:
                 with contextlib.suppress(Exception):
                     self.etcd.kill()
@@ -757,6 +805,8 @@ class Topology:
             self.namespaces.clear()
             if self._short_dir is not None:
                 shutil.rmtree(self._short_dir, ignore_errors=True)
+            if self._etcd_dir is not None:
+                shutil.rmtree(self._etcd_dir, ignore_errors=True)
             if self._own_base:
                 shutil.rmtree(self.base, ignore_errors=True)
         finally:
@@ -1082,3 +1132,65 @@ def links(netns: str | Endpoint, kind: str | None = None) -> list[dict]:
     if kind:
         argv += ["type", kind]
     return ip_json(ns, *argv)
+
+
+# --- installation and routers beside the nodes ------------------------------------------------------
+
+
+def prefix_of(bin_dir: Path) -> Path:
+    """The install prefix behind an installed bin dir (tests reuse the session's installed_bin)."""
+    shebang = (bin_dir / "pycni-loopback").read_text().splitlines()[0]
+    return Path(shebang[2:].split()[0]).parents[2]  # <prefix>/venv/bin/python3
+
+
+def tor_bird_config(router_id: str, neighbours: Sequence[tuple[str, IPAddress | str]],
+                    cluster_cidrs: Sequence[IPNetwork], router_as: int, node_as: int,
+                    password: str | None = None) -> str:
+    """A top-of-rack router's own BIRD 2: eBGP to every node, next hop self, pod routes (from the
+    cluster CIDRs only) into its kernel, lab timers (sessions up and down in about a second)."""
+    lines = [
+        f"router id {router_id};",
+        "log stderr all;",
+        "protocol device { scan time 10; }",
+    ]
+    for family in ("ipv4", "ipv6"):
+        lines += ["protocol kernel {", f"  {family} {{ import none; export where source = RTS_BGP; }};",
+                  "  learn off;", "}"]
+    lines += [
+        "template bgp nodes {",
+        f"  local as {router_as};",
+        "  direct;",
+        "  hold time 3; keepalive time 1; connect retry time 1; connect delay time 1; error wait time 1, 2;",
+        "  graceful restart on; graceful restart time 30;",
+    ]
+    for cidr in cluster_cidrs:
+        family, width = ("ipv4", 32) if cidr.version == 4 else ("ipv6", 128)
+        lines += [f"  {family} {{ import where net ~ [ {cidr}{{{cidr.prefixlen},{width}}} ]; export all;",
+                  "    next hop self; };"]
+    lines.append("}")
+    for name, address in neighbours:
+        lines += [f"protocol bgp {re.sub(r'[^A-Za-z0-9_]', '_', name)} from nodes {{",
+                  f"  neighbor {address} as {node_as};"]
+        if password:
+            lines.append(f'  password "{password}";')
+        lines.append("}")
+    return "\n".join(lines) + "\n"
+
+
+def start_tor_bird(topo: Topology, node_as: int, router_as: int, nodes: Sequence[Node] | None = None) -> Any:
+    """BIRD in the router namespace peering with every node (on the node's segment); stopped at teardown.
+    Returns the product's Bird handle (sessions(), control.command(...))."""
+    from cni_plugin.cluster.bgp import Bird
+
+    base = topo.base / "tor-bird"
+    base.mkdir(exist_ok=True)
+    # The control socket in the short socket dir: AF_UNIX paths are at most 107 bytes.
+    ctl = topo._socket_dir() / "tor-bird.ctl"
+    bird = Bird(f"/run/netns/{topo.router}", base / "bird.conf", ctl, base / "bird.pid")
+    members = list(nodes if nodes is not None else topo.nodes)
+    config = tor_bird_config(str(topo.segments[0].gateways[0].ip), [(n.name, n.ip()) for n in members],
+                             topo.cluster_cidrs, router_as, node_as)
+    topo.cleanups.append(bird.stop)
+    bird.start(config)
+    bird.wait_ready()
+    return bird

@@ -44,6 +44,7 @@ log = logging.getLogger("pycni.cluster")
 
 BACKOFF_START = 0.5
 BACKOFF_MAX = 30.0
+BGP_STATUS_REFRESH = 2.0  # seconds between looks at BIRD's sessions for the status file
 STATE_FILE = "subnets.json"
 
 
@@ -114,6 +115,7 @@ class Controller:
         self._last_renew = 0.0
         self._metrics: Any = None
         self._bgp: Any = None  # bgp.BgpBackend while the backend is bgp
+        self._bgp_reported: Any = None  # its status() as last written to the status file
 
     # --- life cycle ----------------------------------------------------------------------------
 
@@ -154,8 +156,37 @@ class Controller:
             attempt = 0 if ok else attempt + 1
             wait = self.settings.resync_interval if ok else min(self.settings.resync_interval, _backoff(attempt))
             wait = min(wait, max(0.1, self.settings.renew_interval - (time.monotonic() - self._last_renew)))
-            self.dirty.wait(wait)
+            self._wait_for_work(wait)
             self.dirty.clear()
+
+    def _wait_for_work(self, wait: float) -> None:
+        """Until the next pass is due: an event (dirty) or `wait` seconds. While BIRD runs, its
+        session states go into the status file meanwhile: they change with no datastore event, and
+        `pycni cluster status` would show a session Active for a whole resync interval after it
+        came up (or Established after it went down)."""
+        deadline = time.monotonic() + wait
+        while not self.stop_event.is_set():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            step = remaining if self._bgp is None else min(remaining, BGP_STATUS_REFRESH)
+            if self.dirty.wait(step):
+                return
+            self.refresh_bgp_status()
+
+    def refresh_bgp_status(self) -> bool:
+        """Rewrite the status file when BIRD's sessions changed since it was last written; True then."""
+        if self._bgp is None:
+            return False
+        try:
+            current = self._bgp.status()
+        except Exception:  # noqa: BLE001 - a status refresh never stops the loop
+            log.debug("reading BIRD's sessions failed", exc_info=True)
+            return False
+        if current == self._bgp_reported:
+            return False
+        self._publish_status(self.last_error)
+        return True
 
     # --- claim ---------------------------------------------------------------------------------
 
@@ -379,8 +410,10 @@ class Controller:
     def _publish_status(self, reason: str) -> None:
         if not self.settings.status_file:
             return
+        document = self.status(reason)
+        self._bgp_reported = document["bgp"]  # what the file shows (refresh_bgp_status compares)
         try:
-            status.write(self.settings.status_file, self.status(reason))
+            status.write(self.settings.status_file, document)
         except OSError as exc:
             log.warning("cannot write %s: %s", self.settings.status_file, exc)
 

@@ -250,6 +250,26 @@ class Netlink:
         finally:
             os.close(fd)
 
+    def create_tagged_link(self, kind: str, name: str, alias: str, **attrs: Any) -> None:
+        """Create link `name` of `kind` with `attrs`, tag it with IFLA_IFALIAS `alias` (how pycni
+        recognises its own links later) and bring it up. EEXIST is InterfaceExists: the caller
+        did not create it and must not delete it. A link created here and not completed is
+        deleted again, never left half configured."""
+        try:
+            self._ipr.link("add", ifname=name, kind=kind, **attrs)
+        except NetlinkError as exc:
+            if exc.code == errno.EEXIST:
+                raise InterfaceExists(f"cannot create {kind} {name}", "a link of that name exists") from exc
+            raise NetlinkFailure(f"netlink: create {kind} {name} failed", _errno_name(exc.code)) from exc
+        try:
+            index = self.link_index(name)
+            # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: it is set in a second request.
+            self._call(f"set alias of {name}", self._ipr.link, "set", index=index, ifalias=alias)
+            self._call(f"set link {name} up", self._ipr.link, "set", index=index, state="up")
+        except BaseException:
+            self.delete_link(name)
+            raise
+
     def delete_link(self, name: str) -> bool:
         """Delete `name`; False when it was already gone (idempotent)."""
         try:

@@ -21,7 +21,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl import ndmsg
 
-from ..spec.errors import InterfaceExists, LinkNotFound, NetlinkFailure
+from ..spec.errors import LinkNotFound, NetlinkFailure
 from ..spec.types import IPAddress, IPInterface, IPNetwork
 from . import GONE_ERRNOS, IFF_UP, Netlink, _errno_name
 
@@ -120,24 +120,10 @@ class Overlay(Netlink):
         """A VXLAN link with learning off (the FDB is written, never learnt: a learnt entry could
         point a MAC at any sender), tagged with `alias`, up. EEXIST is InterfaceExists."""
         local_key = "vxlan_local" if local.version == 4 else "vxlan_local6"
-        kwargs: dict[str, Any] = {
-            "ifname": name, "kind": "vxlan", "vxlan_id": vni, "vxlan_port": port, local_key: str(local),
-            "vxlan_link": self.link_index(uplink), "vxlan_learning": 0, "mtu": mtu, "address": mac,
-        }
-        try:
-            self._ipr.link("add", **kwargs)
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                raise InterfaceExists(f"cannot create vxlan {name}", "a link of that name exists") from exc
-            raise NetlinkFailure(f"netlink: create vxlan {name} failed", _errno_name(exc.code)) from exc
-        try:
-            index = self.link_index(name)
-            # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: it is set in a second request.
-            self._call(f"set alias of {name}", self._ipr.link, "set", index=index, ifalias=alias)
-            self._call(f"set link {name} up", self._ipr.link, "set", index=index, state="up")
-        except BaseException:
-            self.delete_link(name)  # ours, created just above: never leave it half configured
-            raise
+        self.create_tagged_link(
+            "vxlan", name, alias, vxlan_id=vni, vxlan_port=port, vxlan_link=self.link_index(uplink),
+            vxlan_learning=0, mtu=mtu, address=mac, **{local_key: str(local)},
+        )
 
     # --- FDB entries (`bridge fdb ... dev <vxlan> self permanent`) --------------------------------
 

@@ -23,7 +23,7 @@ from typing import Any
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.tcmsg import common as _tc_common
 
-from ..spec.errors import InterfaceExists, LinkNotFound, NetlinkFailure
+from ..spec.errors import LinkNotFound, NetlinkFailure
 from . import GONE_ERRNOS, IFF_UP, Netlink, _errno_name
 
 TC_H_ROOT = 0xFFFFFFFF
@@ -213,23 +213,7 @@ class TrafficControl(Netlink):
     def create_ifb(self, name: str, *, alias: str, mtu: int | None = None) -> None:
         """Create IFB `name`, set its alias (IFLA_IFALIAS, the owner record GC reads) and bring it
         up. EEXIST is InterfaceExists: the caller did not create it and must not delete it."""
-        kwargs: dict[str, Any] = {"ifname": name, "kind": "ifb"}
-        if mtu:
-            kwargs["mtu"] = mtu
-        try:
-            self._ipr.link("add", **kwargs)
-        except NetlinkError as exc:
-            if exc.code == errno.EEXIST:
-                raise InterfaceExists(f"cannot create ifb {name}", "a link of that name exists") from exc
-            raise NetlinkFailure(f"netlink: create ifb {name} failed", _errno_name(exc.code)) from exc
-        try:
-            index = self.link_index(name)
-            # The kernel ignores IFLA_IFALIAS on RTM_NEWLINK: it is set in a second request.
-            self._call(f"set alias of {name}", self._ipr.link, "set", index=index, ifalias=alias)
-            self._call(f"set link {name} up", self._ipr.link, "set", index=index, state="up")
-        except BaseException:
-            self.delete_link(name)  # ours, created just above: never leave it half configured
-            raise
+        self.create_tagged_link("ifb", name, alias, **({"mtu": mtu} if mtu else {}))
 
     def ifbs(self) -> list[Ifb]:
         msgs = self._call("list links", self._ipr.get_links)

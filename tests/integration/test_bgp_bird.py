@@ -39,6 +39,7 @@ from cni_plugin.cluster.bgp import (
 )
 from cni_plugin.cluster.model import ClusterConfig, NodeRecord, parse_cluster_config
 from tests.conftest import Netns, _add_netns, _del_netns, free_subnet
+from tests.multinode import tor_bird_config
 
 pytestmark = pytest.mark.skipif(not os.path.exists("/usr/sbin/bird"), reason="bird2 is not installed")
 
@@ -128,37 +129,8 @@ class Cluster:
 def _router_config(router_id: str, nodes: list[Node], cluster_cidr: ipaddress.IPv4Network,
                    cluster_cidr6: ipaddress.IPv6Network) -> str:
     """The ToR's own BIRD: eBGP to every node, next hop self, pod routes into its kernel."""
-    lines = [
-        f"router id {router_id};",
-        "log stderr all;",
-        "protocol device { scan time 10; }",
-        "protocol kernel {",
-        "  ipv4 { import none; export where source = RTS_BGP; };",
-        "  learn off;",
-        "}",
-        "protocol kernel {",
-        "  ipv6 { import none; export where source = RTS_BGP; };",
-        "  learn off;",
-        "}",
-        "template bgp nodes {",
-        f"  local as {ROUTER_AS};",
-        "  direct;",
-        "  hold time 3; keepalive time 1; connect retry time 1; connect delay time 1; error wait time 1, 2;",
-        "  graceful restart on; graceful restart time 30;",
-        f"  ipv4 {{ import where net ~ [ {cluster_cidr}{{{cluster_cidr.prefixlen},32}} ]; export all;",
-        "    next hop self; };",
-        f"  ipv6 {{ import where net ~ [ {cluster_cidr6}{{{cluster_cidr6.prefixlen},128}} ]; export all;",
-        "    next hop self; };",
-        "}",
-    ]
-    for node in nodes:
-        lines += [
-            f"protocol bgp {node.name.replace('-', '_')} from nodes {{",
-            f"  neighbor {node.address} as {NODE_AS};",
-            f'  password "{ROUTER_PASSWORD}";',
-            "}",
-        ]
-    return "\n".join(lines) + "\n"
+    return tor_bird_config(router_id, [(n.name, n.address) for n in nodes], [cluster_cidr, cluster_cidr6],
+                           ROUTER_AS, NODE_AS, password=ROUTER_PASSWORD)
 
 
 def _veth(a: Netns, a_if: str, b: Netns, b_if: str) -> None:

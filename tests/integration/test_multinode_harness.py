@@ -28,9 +28,7 @@ from tests import multinode as mn
 pytestmark = pytest.mark.integration
 
 
-def _prefix_of(bin_dir: Path) -> Path:
-    shebang = (bin_dir / "pycni-loopback").read_text().splitlines()[0]
-    return Path(shebang[2:].split()[0]).parents[2]  # <prefix>/venv/bin/python3
+_prefix_of = mn.prefix_of  # the install prefix behind the session's installed_bin
 
 
 def _wire_static(topo: mn.Topology, pods_per_node: int = 2) -> None:

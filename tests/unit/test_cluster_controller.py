@@ -229,3 +229,49 @@ def test_release_gives_the_subnet_back_and_removes_what_it_wrote(tmp_path, backe
     assert dataplane.torn_down
     assert not os.path.exists(controller.settings.conf_path)
     assert controller.remembered_subnets() == ()
+
+
+class FakeBgp:
+    """Stands in for bgp.BgpBackend: session states that change with no datastore event."""
+
+    def __init__(self):
+        self.sessions = [{"name": "mesh_n2", "state": "start", "since": "t0", "info": "Active"}]
+
+    def status(self):
+        return {"running": True, "restarts": 0, "sessions": [dict(s) for s in self.sessions], "error": ""}
+
+
+def test_bgp_session_changes_reach_the_status_file_between_resyncs(tmp_path, backend, monkeypatch):
+    monkeypatch.setattr("cni_plugin.cluster.controller.BGP_STATUS_REFRESH", 0.05)
+    controller, dataplane = make(tmp_path, backend, resync_interval=60.0)
+    controller.claim()
+    assert controller.reconcile() is True
+    fake = FakeBgp()
+    controller._bgp = fake  # what _sync_bgp holds while the backend is bgp
+    assert controller.refresh_bgp_status() is True  # the file had no sessions yet
+    assert controller.refresh_bgp_status() is False  # nothing changed: no rewrite
+    fake.sessions[0].update(state="up", since="t1", info="Established")
+    waiter = threading.Thread(target=controller._wait_for_work, args=(2.0,))
+    started = time.monotonic()
+    waiter.start()
+
+    def shown():
+        return (status.read(controller.settings.status_file) or {}).get("bgp", {}).get("sessions", [{}])[0].get("info")
+
+    while time.monotonic() - started < 2 and shown() != "Established":
+        time.sleep(0.01)
+    assert shown() == "Established"
+    assert time.monotonic() - started < 1.0  # well before the 60 s resync (and the 2 s wait)
+    controller.stop_event.set()
+    waiter.join(3)
+    assert not waiter.is_alive()
+    assert len(dataplane.applied) == 1  # a status refresh, not a reconcile
+
+
+def test_without_bgp_the_wait_is_one_plain_wait(tmp_path, backend):
+    controller, _ = make(tmp_path, backend)
+    controller.dirty.set()
+    started = time.monotonic()
+    controller._wait_for_work(5.0)
+    assert time.monotonic() - started < 0.5  # an event ends it at once
+    assert controller.refresh_bgp_status() is False

@@ -227,19 +227,24 @@ class Bird:
         with self._lock:
             if self.current_config() == text and self.control.alive():
                 return False
-            tmp = self._write_temp(text)
-            try:
-                self._check_file(tmp)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            os.replace(tmp, self.config_path)
+            self._install_checked(text)
             reply = self.control.command("configure")
             _check_errors(reply)
             codes = {code for code, _ in reply}
             if not codes & {CODE_RECONFIGURED, CODE_RECONFIG_IN_PROGRESS, CODE_RECONFIG_QUEUED, CODE_NOTHING_TO_DO}:
                 raise BirdError(f"configure: unexpected reply {reply!r}")
             return True
+
+    def _install_checked(self, text: str) -> None:
+        """Put `text` at config_path only once BIRD's own parser accepts it (`configure check`
+        of a temporary beside it, then one rename): the file BIRD reads is never invalid."""
+        tmp = self._write_temp(text)
+        try:
+            self._check_file(tmp)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+        os.replace(tmp, self.config_path)
 
     # --- the process -------------------------------------------------------------------
 
@@ -258,13 +263,7 @@ class Bird:
             self._adopted_pid = pid
             self.reload(text)
         else:
-            tmp = self._write_temp(text)
-            try:
-                self._check_file(tmp)
-            except BaseException:
-                tmp.unlink(missing_ok=True)
-                raise
-            os.replace(tmp, self.config_path)
+            self._install_checked(text)
             self._spawn()
         self._thread = threading.Thread(target=self._supervise, name="bird-supervisor", daemon=True)
         self._thread.start()
