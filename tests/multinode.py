@@ -86,6 +86,10 @@ def agent_argv(node: Node, etcd_endpoint: str, *extra: str, datastore: Sequence[
         "--ipam-data-dir", str(node.ipam_dir),
         "--state-dir", str(node.state_dir),
         "--status-file", str(node.status_file),
+        # Each node its own: the attachment records and the sync socket a bridge ADD waits on
+        # (the namespaces share this machine's /run), and the policy controller's status.
+        "--attachments-dir", str(node.attachments_dir),
+        "--policy-status-file", str(node.policy_status_file),
         "--resync-interval", str(RESYNC_INTERVAL),
         "--log-requests",
         *extra,
@@ -298,6 +302,14 @@ class Node:
     @property
     def state_dir(self) -> Path:
         return self.root / "state"
+
+    @property
+    def attachments_dir(self) -> Path:
+        return self.root / "attachments"
+
+    @property
+    def policy_status_file(self) -> Path:
+        return self.root / "policy-status.json"
 
     @property
     def status_file(self) -> Path:
