@@ -61,7 +61,14 @@ def test_daemonset_host_paths_commands_and_privileges():
     config = json.loads(by_kind["ConfigMap"]["data"]["cluster.json"])
     parse_cluster_config(config)
     rules = by_kind["ClusterRole"]["rules"]
-    assert rules == [{"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]}]
+    assert rules == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]},
+        # the policy controller's objects: read only
+        {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["list", "watch"]},
+        {"apiGroups": ["policy.networking.k8s.io"], "resources": ["adminnetworkpolicies", "baselineadminnetworkpolicies"],
+         "verbs": ["list", "watch"]},
+    ]
     assert pod["serviceAccountName"] == by_kind["ServiceAccount"]["metadata"]["name"]
 
 
