@@ -66,8 +66,8 @@ def test_daemonset_host_paths_commands_and_privileges():
         # the policy controller's objects: read only
         {"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["list", "watch"]},
         {"apiGroups": ["networking.k8s.io"], "resources": ["networkpolicies"], "verbs": ["list", "watch"]},
-        {"apiGroups": ["policy.networking.k8s.io"], "resources": ["adminnetworkpolicies", "baselineadminnetworkpolicies"],
-         "verbs": ["list", "watch"]},
+        {"apiGroups": ["policy.networking.k8s.io"],
+         "resources": ["adminnetworkpolicies", "baselineadminnetworkpolicies"], "verbs": ["list", "watch"]},
     ]
     assert pod["serviceAccountName"] == by_kind["ServiceAccount"]["metadata"]["name"]
 
