@@ -88,3 +88,35 @@ def test_tiny_run_prints_its_tables_and_leaves_nothing(installed_bin: Path) -> N
     assert tag not in left
     procs = subprocess.run(["pgrep", "-af", tag], capture_output=True, text=True).stdout
     assert procs.strip() == "", procs
+
+
+def test_sigterm_mid_run_removes_everything_birds_too(installed_bin: Path) -> None:
+    """Interrupted while a bgp cluster runs (agents and their BIRDs up): exit 130, nothing left."""
+    proc = subprocess.Popen(
+        [sys.executable, str(BENCH), "--nodes", "2", "--backends", "bgp", "--reps", "3", "--no-throughput",
+         "--prefix", str(_prefix_of(installed_bin))],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+    tag = f"pcl{proc.pid}"
+    seen: list[str] = []
+    birds = ""
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            seen.append(line)
+            if "agents up and settled" in line:
+                birds = subprocess.run(["pgrep", "-af", tag], capture_output=True, text=True).stdout
+                proc.terminate()
+                break
+        rest, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)
+    output = "".join(seen) + rest
+    assert "bird -f" in birds, output  # the run was really interrupted with BIRDs up
+    assert proc.returncode == 130, output
+    assert "interrupted; everything removed" in output
+    assert tag not in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=True).stdout
+    left = subprocess.run(["pgrep", "-af", tag], capture_output=True, text=True).stdout
+    assert left.strip() == "", left
