@@ -251,7 +251,9 @@ class Controller:
                 log.exception("claim failed")
                 self.last_error = f"{type(exc).__name__}: {exc}"
             self._publish_status(self.last_error)
-            self.stop_event.wait(_backoff(attempt))
+            # Never wait longer than one resync: a node waiting for its config or its podCIDR
+            # becomes ready within one resync of the operator setting it.
+            self.stop_event.wait(min(self.settings.resync_interval, _backoff(attempt)))
             attempt += 1
         return False
 
