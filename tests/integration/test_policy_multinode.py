@@ -78,11 +78,14 @@ def _settled(src, dst, allowed: bool, timeout: float = 15) -> bool:  # type: ign
         time.sleep(0.2)
 
 
+def _prefix(installed_bin: Path) -> Path:
+    shebang = (installed_bin / "pycni-loopback").read_text().splitlines()[0]
+    return Path(shebang[2:].split()[0]).parents[2]  # <prefix>/venv/bin/python3
+
+
 @pytest.mark.parametrize("backend", ["host-gw", "vxlan"])
 def test_policy_across_nodes(tmp_path: Path, installed_bin: Path, backend: str) -> None:
-    shebang = (installed_bin / "pycni-loopback").read_text().splitlines()[0]
-    prefix = Path(shebang[2:].split()[0]).parents[2]  # <prefix>/venv/bin/python3
-    with Topology(nodes=2, base=tmp_path, prefix=prefix) as topo:
+    with Topology(nodes=2, base=tmp_path, prefix=_prefix(installed_bin)) as topo:
         topo.write_etcd_config(backend)
         for node in topo.nodes:
             node.start_agent()
@@ -115,3 +118,25 @@ def test_policy_across_nodes(tmp_path: Path, installed_bin: Path, backend: str) 
         _pycni(topo, "delete", "-f", str(deny))
         _pycni(topo, "delete", "-f", str(policy))
         assert _settled(c, a, True) and _settled(a, b, True)
+
+
+def test_policy_dual_stack_ipv6_too(tmp_path: Path, installed_bin: Path) -> None:
+    """Dual-stack pods: the same policy holds over IPv6, same node and across nodes (VXLAN)."""
+    with Topology(nodes=2, base=tmp_path, prefix=_prefix(installed_bin), dual_stack=True) as topo:
+        topo.write_etcd_config("vxlan")
+        for node in topo.nodes:
+            node.start_agent()
+        for node in topo.nodes:
+            node.wait_conflist(60)
+        policy = tmp_path / "policy.yaml"
+        policy.write_text(POLICY)
+        _pycni(topo, "apply", "-f", str(policy))
+        n1, n2 = topo.nodes
+        a, c, b = n1.add_pod("a"), n1.add_pod("c"), n2.add_pod("b")
+        for family in (4, 6):
+            assert tcp_probe(c, a, family=family, timeout=0.5) is None, family
+            deadline = time.monotonic() + 15
+            while tcp_probe(b, a, family=family, timeout=0.5) is None and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert tcp_probe(b, a, family=family) is not None, family
+            assert tcp_probe(a, c, family=family) is not None, family
