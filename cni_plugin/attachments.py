@@ -4,7 +4,8 @@ The bridge plugin records, at ADD, one small JSON file per attachment and remove
 
     <dir>/<containerID>-<ifname>.json
     {"containerID": "...", "ifname": "eth0", "namespace": "x", "name": "a",   from CNI_ARGS
-     "ips": ["10.244.1.11", "fd00::11"], "hostVeth": "veth1a2b3c4d"}        K8S_POD_NAMESPACE/NAME
+     "ips": ["10.244.1.11", "fd00::11"], "hostVeth": "veth1a2b3c4d",       K8S_POD_NAMESPACE/NAME
+     "network": "pycni"}                                                    GC removes by network
 
 `<dir>` is the conf key `attachmentsDir`, else DEFAULT_DIR when it exists (pycni-agent creates it
 when it enforces policy; without it nothing is written, so a node without policy pays one stat).
@@ -54,10 +55,10 @@ def pod_identity(cni_args: dict[str, str]) -> tuple[str, str]:
 
 
 def record(base: str, container_id: str, ifname: str, namespace: str, name: str, ips: list[str],
-           host_veth: str) -> str:
+           host_veth: str, network: str = "") -> str:
     """Write the attachment's record atomically (readers never see half a file); its path."""
     document = {"containerID": container_id, "ifname": ifname, "namespace": namespace, "name": name,
-                "ips": ips, "hostVeth": host_veth}
+                "ips": ips, "hostVeth": host_veth, "network": network}
     target = path(base, container_id, ifname)
     tmp = f"{target}.tmp{os.getpid()}"
     with open(tmp, "w", encoding="utf-8") as fh:
@@ -74,23 +75,40 @@ def remove(base: str, container_id: str, ifname: str) -> None:
 
 
 def read_all(base: str) -> list[dict[str, object]]:
-    """Every record in `base` (the agent's side); unreadable or half-written files are skipped."""
-    out: list[dict[str, object]] = []
+    """Every record in `base` (the agent's side), oldest first (a newer record of an address wins
+    over a stale one, policy_world.py); unreadable or half-written files are skipped."""
+    found: list[tuple[float, str, dict[str, object]]] = []
     try:
-        names = sorted(os.listdir(base))
+        names = os.listdir(base)
     except FileNotFoundError:
-        return out
+        return []
     for entry in names:
         if not entry.endswith(SUFFIX):
             continue
+        full = os.path.join(base, entry)
         try:
-            with open(os.path.join(base, entry), encoding="utf-8") as fh:
+            with open(full, encoding="utf-8") as fh:
                 doc = json.loads(fh.read())
+                mtime = os.fstat(fh.fileno()).st_mtime
         except (OSError, ValueError):
             continue
         if isinstance(doc, dict) and isinstance(doc.get("ips"), list):
-            out.append(doc)
-    return out
+            found.append((mtime, entry, doc))
+    return [doc for _, _, doc in sorted(found, key=lambda f: (f[0], f[1]))]
+
+
+def gc(base: str, network: str, keep: set[tuple[str, str]]) -> list[str]:
+    """GC: remove this network's records whose (containerID, ifname) the runtime no longer lists
+    (a DEL that never ran); other networks' records in a shared directory stay. The paths removed."""
+    removed = []
+    for doc in read_all(base):
+        if doc.get("network") != network:
+            continue
+        cid, ifname = str(doc.get("containerID", "")), str(doc.get("ifname", ""))
+        if (cid, ifname) not in keep:
+            remove(base, cid, ifname)
+            removed.append(path(base, cid, ifname))
+    return removed
 
 
 def sync(base: str, reason: str, required: bool = True, timeout: float = SYNC_TIMEOUT, wait: bool = True) -> bool:

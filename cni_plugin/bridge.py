@@ -418,7 +418,7 @@ def _record_attachment(conf: BridgeConf, args: CmdArgs, host_veth: str, plan: L3
     namespace, name = attachments.pod_identity(parse_cni_args(args.args) if args.args else {})
     undo.push("remove the attachment record", attachments.remove, base, args.container_id, args.ifname)
     attachments.record(base, args.container_id, args.ifname, namespace, name,
-                       [str(ip.address.ip) for ip in plan.ips], host_veth)
+                       [str(ip.address.ip) for ip in plan.ips], host_veth, conf.name)
     try:
         attachments.sync(base, f"ADD {args.container_id}/{args.ifname}")
     except attachments.SyncFailed as exc:
@@ -596,6 +596,9 @@ def gc(args: CmdArgs) -> None:
             sweep.run(masquerade().gc, conf.name, keep)
         if conf.macspoofchk:
             sweep.run(spoofcheck().gc, conf.name, keep)
+        base = attachments.directory(conf.attachments_dir)
+        if base is not None:
+            sweep.run(attachments.gc, base, conf.name, set(valid))
     sweep.finish()
 
 

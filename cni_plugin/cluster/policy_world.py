@@ -41,8 +41,12 @@ Placed = dict[str, tuple[tuple[m.IPAddress, ...], str | None]]
 
 
 def attachment_pods(records: Iterable[Mapping[str, Any]], default_node: str | None) -> Placed:
-    """pod key -> (addresses, node) from attachment records; records without a pod name skipped."""
+    """pod key -> (addresses, node) from attachment records, in order; records without a pod name
+    skipped. An address in two records belongs to the later one (a stale record, whose DEL never
+    ran, must not keep a reused address: two pods of one address would make the nft map refuse
+    the transaction)."""
     out: Placed = {}
+    owner: dict[m.IPAddress, str] = {}
     for r in records:
         ns, name = str(r.get("namespace") or ""), str(r.get("name") or "")
         if not ns or not name:
@@ -54,6 +58,12 @@ def attachment_pods(records: Iterable[Mapping[str, Any]], default_node: str | No
             except ValueError:
                 continue
         key = f"{ns}/{name}"
+        for ip in ips:
+            previous = owner.get(ip)
+            if previous is not None and previous != key:
+                prev_ips, prev_node = out[previous]
+                out[previous] = (tuple(a for a in prev_ips if a != ip), prev_node)
+            owner[ip] = key
         node = str(r.get("node") or "") or default_node
         prev = out.get(key)
         merged = tuple(dict.fromkeys((*(prev[0] if prev else ()), *ips)))  # a pod with two attachments

@@ -175,9 +175,17 @@ def test_add_fails_closed_when_the_policy_agent_is_gone(tmp_path: Path, netns_fa
     rc, out, _ = run_inproc(node, "ADD", conf, "cid-dead", pod_ns.path, CNI_ARGS=pod_args)
     assert rc == 0, out
     record = json.loads((att / "cid-dead-eth0.json").read_text())
-    assert record["namespace"] == "x" and record["name"] == "a" and record["ips"]
+    assert record["namespace"] == "x" and record["name"] == "a" and record["ips"] and record["network"] == "np-dead"
     rc, _, _ = run_inproc(node, "DEL", conf, "cid-dead", pod_ns.path)
     assert rc == 0 and not (att / "cid-dead-eth0.json").exists()
+    # GC removes a record whose DEL never ran (the runtime no longer lists the attachment).
+    rc, out, _ = run_inproc(node, "ADD", conf, "cid-lost", pod_ns.path, CNI_ARGS=pod_args)
+    assert rc == 0, out
+    # (without ipam: the Go host-local of this machine has no GC verb)
+    gc_conf = {**conf, "cniVersion": "1.1.0", "cni.dev/valid-attachments": [], "ipam": {}}
+    rc, out, err = run_inproc(node, "GC", gc_conf, "gc", "")
+    assert rc == 0, (out, err)
+    assert not (att / "cid-lost-eth0.json").exists()
 
 
 def test_invalid_object_is_never_half_applied(memory_cluster) -> None:

@@ -60,7 +60,7 @@ def test_attachment_records(tmp_path: Path) -> None:
     attachments.record(base, "cid", "eth0", "x", "a", ["10.1.0.2"], "veth1")
     (tmp_path / "att" / "half.json").write_text("{")  # a torn file is skipped
     assert attachments.read_all(base) == [{"containerID": "cid", "ifname": "eth0", "namespace": "x", "name": "a",
-                                           "ips": ["10.1.0.2"], "hostVeth": "veth1"}]
+                                           "ips": ["10.1.0.2"], "hostVeth": "veth1", "network": ""}]
     assert attachments.pod_identity({"K8S_POD_NAMESPACE": "x", "K8S_POD_NAME": "a"}) == ("x", "a")
     assert attachments.sync(base, "ADD") is False  # no agent socket: nothing to wait for
     attachments.remove(base, "cid", "eth0")
@@ -121,3 +121,23 @@ def test_agent_flags_build_the_policy_controller(tmp_path: Path) -> None:
     (tmp_path / "att" / ".sync").write_text("")
     assert setup.build_policy_controller(parser.parse_args([*base, "--no-network-policy"])) is None
     assert not (tmp_path / "att" / ".sync").exists()
+
+
+def test_gc_removes_this_networks_unlisted_records_only(tmp_path: Path) -> None:
+    base = str(tmp_path)
+    attachments.record(base, "keep", "eth0", "x", "a", ["10.1.0.2"], "v1", "net1")
+    attachments.record(base, "gone", "eth0", "x", "b", ["10.1.0.3"], "v2", "net1")
+    attachments.record(base, "other", "eth0", "x", "c", ["10.2.0.3"], "v3", "net2")
+    removed = attachments.gc(base, "net1", {("keep", "eth0")})
+    assert removed == [attachments.path(base, "gone", "eth0")]
+    assert sorted(str(d["containerID"]) for d in attachments.read_all(base)) == ["keep", "other"]
+
+
+def test_a_reused_address_belongs_to_the_newer_record() -> None:
+    """A stale record (its DEL never ran) and a new pod on the same address: the newer wins, so the
+    world never has two pods of one address (the nft dispatch map would refuse the transaction)."""
+    stale = {"containerID": "old", "ifname": "eth0", "namespace": "x", "name": "old", "ips": ["10.1.0.2"]}
+    new = {"containerID": "new", "ifname": "eth0", "namespace": "x", "name": "new", "ips": ["10.1.0.2"]}
+    world = policy_world.build([], [], [stale, new], "n1")
+    assert world.pod("x/new").ips == (ipaddress.ip_address("10.1.0.2"),)
+    assert world.pod("x/old").ips == ()
