@@ -116,7 +116,16 @@ class Netlink:
         return int(found[0])
 
     def link(self, name: str) -> LinkInfo:
-        return self.link_by_index(self.link_index(name))
+        # One RTM_GETLINK by name (IFLA_IFNAME), not a lookup then a get by index: the same
+        # answer in half the requests (each ~1 ms through pyroute2 0.9's loop). Every netlink
+        # error reads as "not found", exactly as link_index's lookup (pyroute2's link_lookup).
+        try:
+            msgs = self._ipr.link("get", ifname=name)
+        except NetlinkError as exc:
+            raise LinkNotFound(name) from exc
+        if not msgs:
+            raise LinkNotFound(name)
+        return _link_info(msgs[0])
 
     def link_by_index(self, index: int) -> LinkInfo:
         msgs = self._call(f"get link {index}", self._ipr.link, "get", index=index)
@@ -216,6 +225,8 @@ class Netlink:
             )
         if promisc:
             self.set_promisc(name, True)
+        elif link.up:
+            return link, created  # the usual ADD: the bridge is there and up; nothing to set or re-read
         self.set_up(name)
         return self.link(name), created
 
