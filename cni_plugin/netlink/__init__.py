@@ -167,8 +167,11 @@ class Netlink:
         msgs = self._call("list links", self._ipr.get_links)
         return [m.get_attr("IFLA_IFNAME") for m in msgs]
 
-    def set_master(self, name: str, master: str) -> None:
-        index, master_index = self.link_index(name), self.link_index(master)
+    def set_master(self, name: str, master: str, master_index: int | None = None) -> None:
+        """Enslave `name` to `master`; a caller that knows the master's index passes it (a lookup fewer)."""
+        index = self.link_index(name)
+        if master_index is None:
+            master_index = self.link_index(master)
         self._call(f"enslave {name} to {master}", self._ipr.link, "set", index=index, master=master_index)
 
     def set_mac(self, name: str, mac: str) -> None:
@@ -291,13 +294,13 @@ class Netlink:
         return True
 
     def set_bridge_port(self, name: str, *, hairpin: bool = False, isolated: bool = False) -> None:
-        index = self.link_index(name)
         opts: dict[str, Any] = {}
         if hairpin:
             opts["mode"] = 1  # IFLA_BRPORT_MODE: BRIDGE_MODE_HAIRPIN
         if isolated:
             opts["isolated"] = 1
-        if opts:
+        if opts:  # the default port needs no request, not even the lookup
+            index = self.link_index(name)
             self._call(f"set bridge port flags on {name}", self._ipr.brport, "set", index=index, **opts)
 
     def bridge_port(self, name: str) -> dict[str, int]:
