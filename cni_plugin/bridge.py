@@ -358,7 +358,7 @@ def add(args: CmdArgs) -> Result:
         host.create_veth_pair(host_veth, args.ifname, args.netns, mtu=mtu, peer_mac=mac)
         undo.push(f"delete veth {host_veth}", host.delete_link, host_veth)
         _host_sysctl_best_effort(host, f"ipv6/conf/{host_veth}/accept_ra", "0")
-        host.set_master(host_veth, conf.bridge)
+        host.set_master(host_veth, conf.bridge, bridge.index)
         host.set_bridge_port(host_veth, hairpin=conf.hairpin_mode, isolated=conf.port_isolation)
         host.set_up(host_veth)
 

@@ -116,7 +116,16 @@ class Netlink:
         return int(found[0])
 
     def link(self, name: str) -> LinkInfo:
-        return self.link_by_index(self.link_index(name))
+        # One RTM_GETLINK by name (IFLA_IFNAME), not a lookup then a get by index: the same
+        # answer in half the requests (each ~1 ms through pyroute2 0.9's loop). Every netlink
+        # error reads as "not found", exactly as link_index's lookup (pyroute2's link_lookup).
+        try:
+            msgs = self._ipr.link("get", ifname=name)
+        except NetlinkError as exc:
+            raise LinkNotFound(name) from exc
+        if not msgs:
+            raise LinkNotFound(name)
+        return _link_info(msgs[0])
 
     def link_by_index(self, index: int) -> LinkInfo:
         msgs = self._call(f"get link {index}", self._ipr.link, "get", index=index)
@@ -158,8 +167,11 @@ class Netlink:
         msgs = self._call("list links", self._ipr.get_links)
         return [m.get_attr("IFLA_IFNAME") for m in msgs]
 
-    def set_master(self, name: str, master: str) -> None:
-        index, master_index = self.link_index(name), self.link_index(master)
+    def set_master(self, name: str, master: str, master_index: int | None = None) -> None:
+        """Enslave `name` to `master`; a caller that knows the master's index passes it (a lookup fewer)."""
+        index = self.link_index(name)
+        if master_index is None:
+            master_index = self.link_index(master)
         self._call(f"enslave {name} to {master}", self._ipr.link, "set", index=index, master=master_index)
 
     def set_mac(self, name: str, mac: str) -> None:
@@ -216,6 +228,8 @@ class Netlink:
             )
         if promisc:
             self.set_promisc(name, True)
+        elif link.up:
+            return link, created  # the usual ADD: the bridge is there and up; nothing to set or re-read
         self.set_up(name)
         return self.link(name), created
 
@@ -280,13 +294,13 @@ class Netlink:
         return True
 
     def set_bridge_port(self, name: str, *, hairpin: bool = False, isolated: bool = False) -> None:
-        index = self.link_index(name)
         opts: dict[str, Any] = {}
         if hairpin:
             opts["mode"] = 1  # IFLA_BRPORT_MODE: BRIDGE_MODE_HAIRPIN
         if isolated:
             opts["isolated"] = 1
-        if opts:
+        if opts:  # the default port needs no request, not even the lookup
+            index = self.link_index(name)
             self._call(f"set bridge port flags on {name}", self._ipr.brport, "set", index=index, **opts)
 
     def bridge_port(self, name: str) -> dict[str, int]:

@@ -11,6 +11,7 @@ from tests import conftest
 
 def test_one_tests_subnets_never_overlap(monkeypatch):
     monkeypatch.setattr(conftest, "_machine_routes", list)
+    monkeypatch.setattr(conftest, "_HANDED_OUT", [])  # what earlier tests hold is not in this tiny pool
     # A tiny pool: a /23 holds two /24s, so a repeat would be likely if picks were independent.
     monkeypatch.setattr(conftest, "TEST_V4_POOL", conftest.ipaddress.ip_network("198.18.0.0/23"))
     random.seed(1)
