@@ -215,8 +215,10 @@ class Demo:
                       if link["ifname"].startswith("veth")]
         reservations = sorted(p.name for p in (self.data_dir / "demo").glob("*")
                               if p.name[0].isdigit()) if (self.data_dir / "demo").exists() else []
-        listing = json.loads(self.in_ns("node", "nft", "-j", "list", "table", "inet", "pycni"))
-        entries = [e for i in listing["nftables"] if "set" in i and i["set"]["name"].startswith("pods")
+        # The last DEL takes pycni's table with it when nothing of pycni is left in it.
+        ruleset = json.loads(self.in_ns("node", "nft", "-j", "list", "ruleset"))
+        tables = [i["table"]["name"] for i in ruleset["nftables"] if "table" in i]
+        entries = [e for i in ruleset["nftables"] if "set" in i and i["set"]["name"].startswith("pods")
                    for e in i["set"].get("elem", [])]
         pods_eth0 = [p for p in ("pod1", "pod2")
                      if "eth0" in sh("ip", "-n", self.ns[p], "-br", "link", "show")]
@@ -224,6 +226,7 @@ class Demo:
         print(f"  pod interfaces (eth0):    {pods_eth0 or 'none'}")
         print(f"  IPAM reservations:        {reservations or 'none'}")
         print(f"  masquerade set elements:  {entries or 'none'}")
+        print(f"  nftables tables:          {tables or 'none (the ruleset is as before the demo)'}")
         print(f"  bridge cni-demo stays (shared, like the reference): "
               f"{'yes' if 'cni-demo' in sh('ip', '-n', self.ns['node'], '-br', 'link') else 'no'}")
         ok &= not (left_veths or reservations or entries or pods_eth0)
