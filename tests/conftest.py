@@ -112,6 +112,15 @@ def _release_subnets() -> Iterator[None]:
     del _HANDED_OUT[mark:]
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _release_module_subnets() -> Iterator[None]:
+    """Subnets a module-scoped fixture takes are free again after its module: without this a
+    whole run's topologies pile up until a /16 can no longer be found in the /15 pool."""
+    mark = len(_HANDED_OUT)
+    yield
+    del _HANDED_OUT[mark:]
+
+
 def free_subnet(version: int = 4, prefix: int | None = None):
     """A random subnet that overlaps no route this machine has (picked at run time) and no
     subnet handed out earlier in the same test."""
