@@ -220,6 +220,20 @@ def _load_api_client(kubeconfig: str | None) -> k8s_client.ApiClient:
     return k8s_client.ApiClient(configuration)
 
 
+def _watch_kwargs(request_timeout: float, watch_timeout: int, resume: str) -> dict[str, Any]:
+    """One watch request's arguments: bookmarks on, the server ends the stream after
+    `watch_timeout` (so a stop or a silent partition is noticed), the read timeout a little
+    longer than that, and the revision to resume from ("" lists from now)."""
+    kwargs: dict[str, Any] = {
+        "allow_watch_bookmarks": True,
+        "timeout_seconds": watch_timeout,
+        "_request_timeout": (request_timeout, watch_timeout + WATCH_READ_SLACK),
+    }
+    if resume:
+        kwargs["resource_version"] = resume
+    return kwargs
+
+
 class _StopGuard:
     """Ends a blocked watch read when `stop` is set: Watch.stop() shuts the stream's socket down.
 
@@ -382,13 +396,7 @@ class KubernetesDatastore:
         the stream cannot be opened or breaks."""
         # return_type=object: events stay the API's JSON (no model per event), as in nodes().
         watcher = k8s_watch.Watch(return_type=object)
-        kwargs: dict[str, Any] = {
-            "allow_watch_bookmarks": True,
-            "timeout_seconds": self._watch_timeout,
-            "_request_timeout": (self._request_timeout, self._watch_timeout + WATCH_READ_SLACK),
-        }
-        if resume:
-            kwargs["resource_version"] = resume
+        kwargs = _watch_kwargs(self._request_timeout, self._watch_timeout, resume)
         with _StopGuard(stop, watcher):
             try:
                 for event in watcher.stream(self._core.list_node, **kwargs):
@@ -600,13 +608,7 @@ class KubernetesPolicySource:
         kind, api_version, func, _ = self._resources[resource]
         while not stop.is_set():
             watcher = k8s_watch.Watch(return_type=object)
-            kwargs: dict[str, Any] = {
-                "allow_watch_bookmarks": True,
-                "timeout_seconds": self._watch_timeout,
-                "_request_timeout": (self._request_timeout, self._watch_timeout + WATCH_READ_SLACK),
-            }
-            if resume:
-                kwargs["resource_version"] = resume
+            kwargs = _watch_kwargs(self._request_timeout, self._watch_timeout, resume)
             with _StopGuard(stop, watcher):
                 try:
                     for event in watcher.stream(func, **kwargs):
