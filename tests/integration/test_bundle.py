@@ -281,7 +281,12 @@ def test_bundle_plugins_forward_to_the_bundle_agent(bundle, tmp_path, host_netns
             if verb == "ADD":
                 assert out is not None and out["ips"]
                 assert pod_netns.ip_json("link", "show", "eth0")
+        # The agent logs a request after it has sent the reply: give the last line a moment.
+        deadline = time.monotonic() + 10
         text = (tmp_path / "agent.log").read_text()
+        while "DEL" not in text and time.monotonic() < deadline:
+            time.sleep(0.05)
+            text = (tmp_path / "agent.log").read_text()
         assert "ADD" in text and "DEL" in text and cid[:12] in text, text
         host_netns.run("ip", "link", "del", bridge, check=False)
     finally:
