@@ -10,7 +10,7 @@ from __future__ import annotations
 import errno
 import socket
 
-from pyroute2 import Conntrack
+from pyroute2.conntrack import Conntrack
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.nfnetlink.nfctsocket import NFCTAttrTuple
 
