@@ -88,3 +88,26 @@ def test_the_check_can_see_a_heavy_import() -> None:
     # VERSION really avoided it rather than the detector being blind.
     _, heavy = run_child(LOAD_HANDLERS)
     assert "pyroute2" in heavy
+
+
+def test_an_installed_executable_answers_version_with_the_interpreters_own_modules() -> None:
+    # As scripts/install.py writes it: `python3 -IS`, the package on sys.path, main(). Nothing the
+    # bare interpreter has not loaded may come in but pycni's own modules, __future__ and _json.
+    code = (
+        "import sys\n"
+        f"sys.path[:0] = [{str(REPO)!r}]\n"
+        "before = set(sys.modules)\n"
+        "from cni_plugin.entry import main\n"
+        "rc = main('bridge')\n"
+        "sys.stderr.write(' '.join(sorted(set(sys.modules) - before)))\n"
+        "sys.exit(rc)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-IS", "-c", code], input=b'{"cniVersion": "1.0.0"}', capture_output=True, timeout=30,
+        env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["cniVersion"] == "1.0.0"
+    loaded = proc.stderr.decode().split()
+    assert "cni_plugin.spec.plugin" in loaded  # the detector sees what the answer imported
+    assert [m for m in loaded if not m.startswith("cni_plugin")] == ["__future__", "_json"]
