@@ -31,6 +31,7 @@ import pytest
 
 from cni_plugin import invoke
 from cni_plugin.agent import protocol
+from tests.multinode import prefix_of
 
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN = "loopback"
@@ -392,6 +393,7 @@ def test_install_compiled_recognised_and_uninstalled(prefix: Path, tmp_path: Pat
     assert invoke.is_in_process("host-local", (str(bin_dir),))  # a reference-name install serves it in-process
     assert not invoke._is_pycni_host_local("bridge", (str(bin_dir),))
     assert bench.shim_kind(bin_dir) == f"agent {SOCKET}"
+    assert prefix_of(bin_dir) == prefix  # how the integration tests find the session's install
     # Reinstalling replaces them (they are ours); uninstall removes them and only them.
     (bin_dir / "foreign").write_bytes(b"\x7fELF someone else's plugin")
     assert installer(prefix, bin_dir, "--compiled-shim", "yes").returncode == 0
@@ -419,6 +421,7 @@ def test_install_python_shims(prefix: Path, tmp_path: Path) -> None:
             assert head.startswith(b"#!") and b"from cni_plugin.agent.shim import run" in head, name
             assert install.is_ours(bin_dir / name)
         assert bench.shim_kind(bin_dir) == f"agent {SOCKET}"
+        assert prefix_of(bin_dir) == prefix
         if cc is not None:  # auto without a compiler says so, and carries on
             assert "no C compiler (/nonexistent/cc)" in done.stderr
     assert not (prefix / "libexec").exists()
