@@ -8,13 +8,15 @@ CNI_NAMES   ?= prefixed
 # direct: always in-process
 SHIM         ?= agent
 AGENT_SOCKET ?= /run/pycni/agent.sock
+# agent shims compiled from cni_plugin/agent/shim.c: auto (when cc is there), yes (or fail), no (Python)
+COMPILED_SHIM ?= auto
 VENV        ?= .venv
 
 .PHONY: install uninstall test lint bench demo clean bundle image
 
 install:
 	$(PYTHON) scripts/install.py --prefix $(PREFIX) --bin-dir $(CNI_BIN_DIR) --names $(CNI_NAMES) \
-		--shim $(SHIM) --agent-socket $(AGENT_SOCKET)
+		--shim $(SHIM) --agent-socket $(AGENT_SOCKET) --compiled-shim $(COMPILED_SHIM)
 
 uninstall:
 	$(PYTHON) scripts/install.py --bin-dir $(CNI_BIN_DIR) --uninstall

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
-# First bytes of every installed executable's second line (scripts/install.py writes it): lets
-# invoke.py recognise pycni's own plugins on CNI_PATH whatever name they were installed under.
+# First bytes of every installed executable's second line (scripts/install.py writes it), or of
+# a compiled shim's .note.pycni (within invoke.HEAD_BYTES): lets invoke.py recognise pycni's own
+# plugins on CNI_PATH whatever name they were installed under.
 SHIM_MARKER = "# pycni-shim:"
 
 

@@ -27,6 +27,9 @@ from .spec.skel import CmdArgs, Handlers
 from .spec.types import Result
 
 IN_PROCESS_TYPES = frozenset({"pycni-host-local"})
+# How much of an executable is read for the shim marker (== scripts/install.py HEAD_BYTES): a
+# script has it on line 2, a compiled shim in its .note.pycni section near the ELF headers.
+HEAD_BYTES = 4096
 DELEGATE_TIMEOUT = 120
 
 
@@ -49,7 +52,7 @@ def _is_pycni_host_local(plugin_type: str, path: tuple[str, ...]) -> bool:
             # executable, reached under the host-local name, is this very program's host-local.
             return os.path.realpath(exe) == os.path.realpath(sys.executable)
         with open(exe, "rb") as f:
-            head = f.read(512)
+            head = f.read(HEAD_BYTES)
     except (DelegateFailure, OSError):
         return False
     return f"{SHIM_MARKER} host-local ".encode() in head

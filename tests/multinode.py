@@ -1150,9 +1150,15 @@ def links(netns: str | Endpoint, kind: str | None = None) -> list[dict]:
 
 
 def prefix_of(bin_dir: Path) -> Path:
-    """The install prefix behind an installed bin dir (tests reuse the session's installed_bin)."""
-    shebang = (bin_dir / "pycni-loopback").read_text().splitlines()[0]
-    return Path(shebang[2:].split()[0]).parents[2]  # <prefix>/venv/bin/python3
+    """The install prefix behind an installed bin dir (tests reuse the session's installed_bin):
+    a Python shim's shebang names <prefix>/venv/bin/python3, a compiled shim's marker (in the
+    first 4 KiB, scripts/install.py HEAD_BYTES) its fallback <prefix>/libexec/pycni-shim."""
+    with (bin_dir / "pycni-loopback").open("rb") as f:
+        head = f.read(4096)
+    if head.startswith(b"#!"):
+        return Path(head[2:].split(b"\n", 1)[0].split()[0].decode()).parents[2]
+    marker = head[head.index(b"# pycni-shim:") :].split(b"\0", 1)[0].decode()
+    return Path(marker.split("; compiled, fallback ", 1)[1].split(";", 1)[0]).parents[1]
 
 
 def tor_bird_config(router_id: str, neighbours: Sequence[tuple[str, IPAddress | str]],

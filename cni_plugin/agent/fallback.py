@@ -56,6 +56,8 @@ def run_here(plugin: str, socket_path: str, data: bytes | None, started: bool, r
                 ),
                 version,
             )
+    if data is None and sys.stdin is None and verb == "VERSION":
+        data = b""  # fd 0 closed: VERSION reads it as empty (spec.plugin.read_version_input's rule)
     if data is not None:
         sys.stdin = io.TextIOWrapper(io.BytesIO(data))
     from ..entry import main

@@ -13,6 +13,12 @@ When the agent cannot be used (see fallback.py for the "agent" config key):
 - the connection drops before the agent said "started": the agent did nothing; run in-process;
 - the connection drops after "started": an ADD may be half done, so ADD answers TryAgainLater
   (11) and the runtime's DEL cleans up; DEL, CHECK, STATUS, GC and VERSION run in-process.
+
+The compiled shim (shim.c, what scripts/install.py installs when a C compiler is there) does the
+fast path itself and, when the agent cannot serve, execs the script that calls `main` here with
+`PLUGIN SOCKET --fallback started|not-started stdin|no-stdin REASON`: this process then goes
+straight to the fallback, without connecting again. With `stdin`, fd 0 holds exactly the bytes
+the compiled shim had read (it gives them back); with `no-stdin`, fd 0 is the runtime's, unread.
 """
 
 import _socket
@@ -30,15 +36,27 @@ def env_entries(environ: dict[bytes, bytes]) -> list[bytes]:
     return [k + b"=" + v for k, v in environ.items() if k.startswith(FORWARD_PREFIXES) or k in FORWARD_NAMES]
 
 
-def _read_stdin(verb: bytes) -> bytes:
+def _stdin_is_open() -> bool:
+    # Checked before the socket exists: with fd 0 closed, the socket would become fd 0 and the
+    # shim would read its own connection as stdin (and wait for itself).
+    try:
+        posix.fstat(0)
+    except OSError:
+        return False
+    return True
+
+
+def _read_stdin(verb: bytes, is_open: bool = True) -> bytes:
     if verb == b"VERSION":
         # As spec.plugin.read_version_input: VERSION never blocks on a terminal or fails on stdin.
         try:
-            if posix.isatty(0):
+            if not is_open or posix.isatty(0):
                 return b""
             return _read_all(0)
         except OSError:
             return b""
+    if not is_open:
+        raise OSError(9, "Bad file descriptor")  # EBADF, as reading the closed fd 0 would
     return _read_all(0)
 
 
@@ -69,6 +87,7 @@ def run(plugin: str, socket_path: str, exit_now: bool = True) -> int:
     """Serve one plugin exec through the agent (in-process when it cannot). With `exit_now`
     (the installed executables), an answer from the agent ends the process at once."""
     verb = posix.environ.get(b"CNI_COMMAND", b"")
+    stdin_open = _stdin_is_open()
     sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
     try:
         try:
@@ -76,7 +95,7 @@ def run(plugin: str, socket_path: str, exit_now: bool = True) -> int:
         except OSError as exc:
             return _fallback(plugin, socket_path, None, False, f"cannot connect: {exc.strerror or exc}")
         try:
-            data = _read_stdin(verb)
+            data = _read_stdin(verb, stdin_open)
         except OSError:
             # In-process dispatch reads stdin itself and reports its own IOFailure (code 5).
             return _fallback(plugin, socket_path, None, False, "stdin unreadable")
@@ -114,5 +133,28 @@ def run(plugin: str, socket_path: str, exit_now: bool = True) -> int:
         sock.close()
 
 
+FALLBACK_FLAG = "--fallback"
+FALLBACK_STATES = {"started": True, "not-started": False}
+FALLBACK_STDIN = ("stdin", "no-stdin")
+USAGE = "usage: PLUGIN SOCKET [--fallback started|not-started stdin|no-stdin REASON]\n"
+
+
+def main(argv: list[str]) -> int:
+    """The script form (`argv` without the program name): `PLUGIN SOCKET` serves one exec as the
+    installed Python shims do; `... --fallback STATE STDIN REASON` is the compiled shim handing over."""
+    if len(argv) == 2:
+        return run(argv[0], argv[1])
+    if len(argv) == 6 and argv[2] == FALLBACK_FLAG and argv[3] in FALLBACK_STATES and argv[4] in FALLBACK_STDIN:
+        data: bytes | None = None
+        if argv[4] == "stdin":
+            try:
+                data = _read_all(0)
+            except OSError:
+                data = None  # cannot happen with the compiled shim's memfd; the dispatcher reports it
+        return _fallback(argv[0], argv[1], data, FALLBACK_STATES[argv[3]], argv[5])
+    sys.stderr.write(USAGE)
+    return 2
+
+
 if __name__ == "__main__":  # pragma: no cover - manual use: python -m cni_plugin.agent.shim NAME SOCKET
-    sys.exit(run(sys.argv[1], sys.argv[2]))
+    sys.exit(main(sys.argv[1:]))

@@ -7,10 +7,13 @@ would wire that namespace (and the tests would see it), never the machine's.
 
 Two shim directories: `on` points at the live socket, `off` at a socket nobody listens on, which
 is the daemonless path (the same shim, falling back in-process). Outputs of both are compared.
+They hold compiled shims (cni_plugin/agent/shim.c, what `make install` writes when cc is there);
+`py_on` and `py_off` hold the Python shims, for the tests that must keep the fallback path working.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import random
@@ -23,14 +26,16 @@ import tempfile
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 from cni_plugin.agent import caller, protocol
 from tests.conftest import REPO, Netns, free_subnet
 from tests.integration.bridge_support import bridge_conf, ip_files, links, masq_elements, veths
+from tests.multinode import prefix_of
 
 pytestmark = pytest.mark.integration
 
@@ -40,16 +45,11 @@ BASE_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"
 # --- fixtures ------------------------------------------------------------------------------------
 
 
-def _prefix_of(bin_dir: Path) -> Path:
-    shebang = (bin_dir / "pycni-loopback").read_text().splitlines()[0]
-    interpreter = Path(shebang[2:].split()[0])
-    return interpreter.parents[2]  # <prefix>/venv/bin/python3
-
-
-def _write_shims(prefix: Path, bin_dir: Path, sock: Path) -> None:
+def _write_shims(prefix: Path, bin_dir: Path, sock: Path, compiled: str = "yes") -> None:
     subprocess.run(
         [sys.executable, str(REPO / "scripts" / "install.py"), "--shims-only", "--prefix", str(prefix),
-         "--bin-dir", str(bin_dir), "--names", "both", "--shim", "agent", "--agent-socket", str(sock)],
+         "--bin-dir", str(bin_dir), "--names", "both", "--shim", "agent", "--agent-socket", str(sock),
+         "--compiled-shim", compiled],
         check=True, capture_output=True,
     )
 
@@ -113,13 +113,16 @@ class Agent:
 @dataclass(frozen=True)
 class Setup:
     agent: Agent
-    on: Path  # shims forwarding to the live agent
+    on: Path  # compiled shims forwarding to the live agent
     off: Path  # the same shims, pointing at a socket nobody listens on (daemonless)
+    py_on: Path  # the Python shims, forwarding to the live agent
+    py_off: Path  # and pointing nowhere
+    prefix: Path
 
 
 @pytest.fixture(scope="module")
 def setup(installed_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Setup]:
-    prefix = _prefix_of(installed_bin)
+    prefix = prefix_of(installed_bin)
     base = tmp_path_factory.mktemp("agent")
     # The socket directory sits directly in /tmp (not under pytest's 0700 tree) so that the
     # peer-credential test can open it to an unprivileged user for a moment.
@@ -127,12 +130,14 @@ def setup(installed_bin: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     sock = run_dir / "agent.sock"
     _write_shims(prefix, base / "on", sock)
     _write_shims(prefix, base / "off", base / "nobody-listens" / "agent.sock")
+    _write_shims(prefix, base / "py-on", sock, compiled="no")
+    _write_shims(prefix, base / "py-off", base / "nobody-listens" / "agent.sock", compiled="no")
     ns = f"pycni-agent-{os.getpid()}-{uuid.uuid4().hex[:6]}"
     subprocess.run(["ip", "netns", "add", ns], check=True)
     agent = Agent(prefix / "venv" / "bin" / "python", sock, ns, base / "agent.log")
     try:
         agent.start()
-        yield Setup(agent, base / "on", base / "off")
+        yield Setup(agent, base / "on", base / "off", base / "py-on", base / "py-off", prefix)
     finally:
         if agent.alive():
             try:
@@ -262,7 +267,13 @@ def test_oversize_request_gets_a_cni_error(setup: Setup, agent: Agent, host_netn
 # --- identical results with and without the agent ------------------------------------------------------
 
 
-def test_loopback_identical(setup: Setup, agent: Agent, host_netns: Netns, pod_netns: Netns) -> None:
+def _with_shims(setup: Setup, shims: str) -> Setup:
+    return setup if shims == "compiled" else replace(setup, on=setup.py_on, off=setup.py_off)
+
+
+@pytest.mark.parametrize("shims", ["compiled", "python"])
+def test_loopback_identical(setup: Setup, agent: Agent, host_netns: Netns, pod_netns: Netns, shims: str) -> None:
+    setup = _with_shims(setup, shims)
     for version in ("0.3.1", "1.0.0", "1.1.0"):
         cid = f"lo-{version}"
         conf = {"cniVersion": version, "name": "lo-net", "type": "loopback"}
@@ -335,17 +346,31 @@ def test_host_local_identical(setup: Setup, agent: Agent, host_netns: Netns, tmp
     assert "host-local ADD c1 eth0 -> exit 0" in agent.log()
 
 
+def _installer() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("pycni_install", REPO / "scripts" / "install.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("shims", ["compiled", "python"])
 def test_plugin_unknown_to_the_agent_runs_in_process(setup: Setup, agent: Agent, host_netns: Netns,
-                                                     tmp_path: Path) -> None:
+                                                     tmp_path: Path, shims: str) -> None:
     """A shim newer than the running agent (a plugin added by an upgrade) still works."""
     results = []
-    for bin_dir in (setup.on, setup.off):
-        text = (bin_dir / "pycni-loopback").read_text()
-        assert "run('loopback', " in text
+    for bin_dir, sock in ((setup.on, agent.sock), (setup.off, Path("/nonexistent/agent.sock"))):
         exe = tmp_path / bin_dir.name / "pycni-nosuch"
         exe.parent.mkdir()
-        exe.write_text(text.replace("run('loopback', ", "run('nosuch', "))
-        exe.chmod(0o755)
+        if shims == "compiled":
+            install = _installer()
+            install.compile_shim(install.find_cc(), REPO / "cni_plugin" / "agent" / "shim.c", exe, "nosuch", "0",
+                                 str(sock), setup.prefix / install.FALLBACK_SCRIPT)
+        else:
+            text = (_with_shims(setup, shims).on / "pycni-loopback").read_text()
+            assert "run('loopback', " in text
+            exe.write_text(text.replace("run('loopback', ", "run('nosuch', ").replace(str(agent.sock), str(sock)))
+            exe.chmod(0o755)
         results.append(run_raw(exe, cni_env("VERSION", bin_dir), b"{}", host_netns))
     assert results[0] == results[1]
     assert results[0][0] == 2 and b"no plugin named 'nosuch'" in results[0][2]

@@ -18,6 +18,7 @@ from types import ModuleType
 import pytest
 
 from tests.conftest import REPO, free_subnet
+from tests.multinode import prefix_of
 
 pytestmark = pytest.mark.integration
 
@@ -34,9 +35,7 @@ def load_bench() -> ModuleType:
     return module
 
 
-def _prefix_of(bin_dir: Path) -> Path:
-    shebang = (bin_dir / "pycni-loopback").read_text().splitlines()[0]
-    return Path(shebang[2:].split()[0]).parents[2]  # <prefix>/venv/bin/python3
+_prefix_of = prefix_of  # the install prefix behind the session's installed_bin
 
 
 def test_route_reader_sees_the_routes_ip_shows_for_a_protocol(netns_factory) -> None:

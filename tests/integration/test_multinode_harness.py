@@ -68,7 +68,7 @@ def test_one_segment_three_nodes(tmp_path, installed_bin):
             version = json.loads(node.http_get(f"{topo.etcd.endpoint}/version"))
             assert "etcdserver" in version
             assert {"bridge", "host-local", "loopback", "portmap"} <= {p.name for p in node.bin_dir.iterdir()}
-            assert str(node.agent_socket) in (node.bin_dir / "bridge").read_text()  # this node's socket
+            assert str(node.agent_socket).encode() in (node.bin_dir / "bridge").read_bytes()  # this node's socket
 
         doc = topo.write_etcd_config("host-gw")
         assert json.loads(topo.read_etcd_key("/pycni/config") or b"null") == doc

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.multinode import Topology, sh, tcp_probe
+from tests.multinode import Topology, prefix_of, sh, tcp_probe
 
 pytestmark = pytest.mark.integration
 
@@ -78,9 +78,7 @@ def _settled(src, dst, allowed: bool, timeout: float = 15) -> bool:  # type: ign
         time.sleep(0.2)
 
 
-def _prefix(installed_bin: Path) -> Path:
-    shebang = (installed_bin / "pycni-loopback").read_text().splitlines()[0]
-    return Path(shebang[2:].split()[0]).parents[2]  # <prefix>/venv/bin/python3
+_prefix = prefix_of  # the install prefix behind the session's installed_bin
 
 
 @pytest.mark.parametrize("backend", ["host-gw", "vxlan"])
