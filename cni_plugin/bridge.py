@@ -265,12 +265,12 @@ def _host_sysctl_best_effort(host: netlink.Netlink, key: str, value: str) -> Non
         _warn(f"ignored: {exc}")
 
 
-def _settle(pod: netlink.Netlink, ifname: str) -> None:
+def _settle(pod: netlink.Netlink, ifname: str, index: int) -> None:
     """Wait until no IPv6 address of `ifname` is tentative; a DAD failure is an error."""
     deadline = time.monotonic() + SETTLE_TIMEOUT
     pause = SETTLE_FIRST_POLL
     while True:
-        tentative, failed = pod.tentative_addresses(ifname)
+        tentative, failed = pod.tentative_addresses(ifname, index=index)
         if failed:
             raise NetlinkFailure(f"duplicate address detection failed on {ifname}", ", ".join(map(str, failed)))
         if not tentative:
@@ -281,8 +281,9 @@ def _settle(pod: netlink.Netlink, ifname: str) -> None:
         pause = min(pause * 2, SETTLE_POLL)
 
 
-def _configure_pod(pod: netlink.Netlink, ifname: str, plan: L3Plan, enabledad: bool) -> None:
+def _configure_pod(pod: netlink.Netlink, link: netlink.LinkInfo, plan: L3Plan, enabledad: bool) -> None:
     """ipam.ConfigureIface: sysctls, addresses, link up, settle, routes."""
+    ifname = link.name
     families = {ip.family for ip in plan.ips}
     if 6 in families:
         for key in ("ipv6/conf/lo/disable_ipv6", f"ipv6/conf/{ifname}/disable_ipv6"):
@@ -296,21 +297,23 @@ def _configure_pod(pod: netlink.Netlink, ifname: str, plan: L3Plan, enabledad: b
     if 4 in families:
         pod.sysctl_set(f"ipv4/conf/{ifname}/arp_notify", "1")
     for ip in plan.ips:
-        pod.add_address(ifname, ip.address, nodad=not enabledad)
+        pod.add_address(ifname, ip.address, nodad=not enabledad, index=link.index)
     pod.set_up(ifname)
     if 6 in families:
-        _settle(pod, ifname)
+        _settle(pod, ifname, link.index)
     gateways = {ip.family: ip.gateway for ip in reversed(plan.ips) if ip.gateway is not None}
     for route in plan.routes:
         gw = route.gw if route.gw is not None else gateways.get(route.dst.version)
         pod.add_route(
-            route.dst, gw=gw, dev=ifname, priority=route.priority, table=route.table, scope=route.scope,
+            route.dst, gw=gw, dev=ifname, dev_index=link.index,
+            priority=route.priority, table=route.table, scope=route.scope,
         )
 
 
-def _gateway_on_bridge(host: netlink.Netlink, bridge: str, plan: L3Plan, force: bool) -> None:
+def _gateway_on_bridge(host: netlink.Netlink, link: netlink.LinkInfo, plan: L3Plan, force: bool) -> None:
     """isGateway: gateway addresses on the bridge (EEXIST is a racing ADD: fine), forwarding on."""
-    existing = host.addresses(bridge)
+    bridge = link.name
+    existing = host.addresses(bridge, index=link.index)
     for gw in plan.bridge_addresses:
         if gw in existing:
             continue
@@ -325,7 +328,7 @@ def _gateway_on_bridge(host: netlink.Netlink, bridge: str, plan: L3Plan, force: 
                     f"bridge {bridge} already has an address different from {gw}", f"{clash} (set forceAddress)"
                 )
             host.delete_address(bridge, clash)
-        host.add_address(bridge, gw, nodad=True)
+        host.add_address(bridge, gw, nodad=True, index=link.index)
     for family in {gw.version for gw in plan.bridge_addresses}:
         key = "ipv4/ip_forward" if family == 4 else "ipv6/conf/all/forwarding"
         if host.sysctl_get(key) != "1":
@@ -361,11 +364,14 @@ def add(args: CmdArgs) -> Result:
         host.set_master(host_veth, conf.bridge, bridge.index)
         host.set_bridge_port(host_veth, hairpin=conf.hairpin_mode, isolated=conf.port_isolation)
         host.set_up(host_veth)
+        # Read once: the index saves a lookup per address and route, the MAC and MTU go into the
+        # result (neither changes once the pair exists).
+        pod_link = pod.link(args.ifname)
 
         if conf.macspoofchk:
             spoof = spoofcheck()
             undo.push(f"macspoofchk removal ({tag})", spoof.remove, conf.name, tag)
-            spoof.add(conf.name, tag, host_veth, pod.link(args.ifname).mac)
+            spoof.add(conf.name, tag, host_veth, pod_link.mac)
 
         ipam_result: Result | None = None
         plan = L3Plan(ips=(), routes=(), bridge_addresses=())
@@ -376,9 +382,9 @@ def add(args: CmdArgs) -> Result:
             if not ipam_result.ips:
                 raise InvalidConfig(f"IPAM plugin {conf.ipam.type} returned no IP configuration")
             plan = plan_l3(ipam_result, is_gateway=conf.is_gateway, is_default_gateway=conf.is_default_gateway)
-            _configure_pod(pod, args.ifname, plan, conf.enabledad)
+            _configure_pod(pod, pod_link, plan, conf.enabledad)
             if conf.is_gateway:
-                _gateway_on_bridge(host, conf.bridge, plan, conf.force_address)
+                _gateway_on_bridge(host, bridge, plan, conf.force_address)
             if conf.ip_masq:
                 masq = masquerade()
                 # Push first: a failed nft transaction changed nothing, and remove() is by tag.
@@ -387,13 +393,13 @@ def add(args: CmdArgs) -> Result:
         elif not conf.disable_container_interface:
             pod.set_up(args.ifname)
 
-        if not host.wait_operstate_up(host_veth):
-            raise NetlinkFailure(f"bridge port {host_veth} in error state", host.link(host_veth).operstate)
+        host_link = host.wait_operstate_up(host_veth)
+        if host_link.operstate != "UP":
+            raise NetlinkFailure(f"bridge port {host_veth} in error state", host_link.operstate)
         _record_attachment(conf, args, host_veth, plan, undo)
 
-        pod_link = pod.link(args.ifname)
-        host_link = host.link(host_veth)
-        bridge = host.link(conf.bridge)
+        # The bridge's MAC as ensure_bridge saw it, before this port joined (as the reference
+        # reports it); pycni's bridges pin their MAC, so it does not move with the ports.
         ours = Result(
             interfaces=(
                 Interface(name=bridge.name, mac=bridge.mac),

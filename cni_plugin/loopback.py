@@ -16,6 +16,7 @@ from .spec.types import Interface, IPConfig, Result
 
 LOOPBACK = "lo"
 LOOPBACK_MAC = "00:00:00:00:00:00"
+LOOPBACK_INDEX = 1  # every namespace's lo has index 1 (the kernel's LOOPBACK_IFINDEX): no lookup
 
 
 def _session(args: CmdArgs) -> netlink.Netlink:
@@ -29,7 +30,7 @@ def add(args: CmdArgs) -> Result:
     prev = args.prev_result()
     with _session(args) as nl:
         nl.set_up(LOOPBACK)
-        addresses = nl.addresses(LOOPBACK)
+        addresses = nl.addresses(LOOPBACK, index=LOOPBACK_INDEX)
     strangers = [str(a) for a in addresses if not a.ip.is_loopback]
     if strangers:
         raise InvalidConfig("lo carries non-loopback addresses", ", ".join(strangers))
