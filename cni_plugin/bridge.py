@@ -349,16 +349,20 @@ def add(args: CmdArgs) -> Result:
             pod = stack.enter_context(netlink.Netlink(args.netns))
         except NetnsNotFound as exc:  # vanished since require_netns
             raise InvalidNetns(f"network namespace {args.netns} does not exist") from exc
-        # SPEC §2 ADD: an ifname already present in the pod is an error (checked before we touch anything).
-        if pod.link_exists(args.ifname):
-            raise InterfaceExists(f"interface {args.ifname} already exists in {args.netns}")
         mtu = conf.mtu or host.default_route_mtu() or FALLBACK_MTU
 
         bridge, created = host.ensure_bridge(conf.bridge, mtu=mtu, promisc=conf.promisc_mode)
         if created:
             _host_sysctl_best_effort(host, f"ipv6/conf/{conf.bridge}/accept_ra", "0")
 
-        host.create_veth_pair(host_veth, args.ifname, args.netns, mtu=mtu, peer_mac=mac)
+        try:
+            host.create_veth_pair(host_veth, args.ifname, args.netns, mtu=mtu, peer_mac=mac)
+        except InterfaceExists as exc:
+            # SPEC §2 ADD: an ifname already present in the pod is an error. Asked only now that
+            # the kernel refused a name (the usual ADD saves the lookup): which of the two was it?
+            if pod.link_exists(args.ifname):
+                raise InterfaceExists(f"interface {args.ifname} already exists in {args.netns}") from exc
+            raise
         undo.push(f"delete veth {host_veth}", host.delete_link, host_veth)
         _host_sysctl_best_effort(host, f"ipv6/conf/{host_veth}/accept_ra", "0")
         host.set_master(host_veth, conf.bridge, bridge.index)
