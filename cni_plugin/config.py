@@ -8,10 +8,10 @@ standard library modules the interpreter has loaded anyway (typing, types, math)
 Declaring a model::
 
     class RangeModel(PassThroughModel):
-        subnet: str                                   # required
-        gateway: str | None = None                    # optional, default None
+        subnet: str                                     # required
+        gateway: str | None = None                      # optional, default None
         mtu: int = field(0, ge=0, le=65535)             # bounds
-        ip_masq: bool = field(False, alias="ipMasq")    # the JSON key differs from the attribute
+        ip_masq: bool = field(False, alias="ipMasq")    # the JSON key, when it is not the attribute's
         routes: list[RouteModel] = field(default_factory=list)   # a fresh list for each instance
 
 `field()` also takes `before=` (a function of the raw JSON value, run before the type check, e.g.
@@ -35,9 +35,14 @@ Coercion, as Go's encoding/json decodes into the reference plugins' structs:
   `str | int | float` stays 5.0); otherwise the members are tried in order;
 * `Literal` choices match by type and value.
 
-Unknown keys pass through (SPEC §1.4): they are kept in `unknown_keys`. Instances are frozen once
-parsed. A bad key or value is an InvalidConfig whose details name every bad key path, joined with
-"; ", e.g. `ipam.ranges.0.0.subnet: required`.
+A key with an alias is read from the JSON object by its alias only (the attribute name is an
+unknown key there); `Model(attr=...)` takes attribute names. Unknown keys pass through (SPEC
+§1.4): they are kept in `unknown_keys`. Instances are frozen once parsed (attributes cannot be
+rebound; the lists and dicts of declared keys are built anew, shared with neither the input nor
+another instance; values typed Any are kept as given).
+
+A bad key or value is an InvalidConfig whose details name every bad key path, joined with "; ",
+e.g. `ipam.ranges.0.0.subnet: required`.
 """
 
 from __future__ import annotations
