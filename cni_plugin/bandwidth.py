@@ -29,10 +29,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field, field_validator
-
 from . import netlink
-from .config import GoCaseModel, PassThroughModel, parse_config
+from .config import GoCaseModel, PassThroughModel, field, parse_config
 from .firewall import attachment_tag
 from .netlink import tc
 from .rollback import Sweep, Undo
@@ -68,27 +66,20 @@ class BandwidthEntry(GoCaseModel):
     """One `bandwidth` entry: top-level keys or `runtimeConfig.bandwidth` (CONVENTIONS.md).
 
     Keys match case-insensitively (GoCaseModel): containerd sends IngressRate/IngressBurst/...
+    A rate or burst is a JSON number without a fraction (1e6 is fine; "1000" and true are not).
     """
 
-    ingress_rate: int = Field(0, alias="ingressRate", ge=0)
-    ingress_burst: int = Field(0, alias="ingressBurst", ge=0)
-    egress_rate: int = Field(0, alias="egressRate", ge=0)
-    egress_burst: int = Field(0, alias="egressBurst", ge=0)
-    shaped_subnets: list[str] | None = Field(None, alias="shapedSubnets")
-    unshaped_subnets: list[str] | None = Field(None, alias="unshapedSubnets")
-
-    @field_validator("ingress_rate", "ingress_burst", "egress_rate", "egress_burst", mode="before")
-    @classmethod
-    def _json_integer(cls, value: Any) -> Any:
-        # A JSON number only (1e6 is fine): "1000" and true are config mistakes, not numbers.
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ValueError("must be a non-negative integer (bits per second, or bits for a burst)")
-        return value
+    ingress_rate: int = field(0, alias="ingressRate", ge=0)
+    ingress_burst: int = field(0, alias="ingressBurst", ge=0)
+    egress_rate: int = field(0, alias="egressRate", ge=0)
+    egress_burst: int = field(0, alias="egressBurst", ge=0)
+    shaped_subnets: list[str] | None = field(None, alias="shapedSubnets")
+    unshaped_subnets: list[str] | None = field(None, alias="unshapedSubnets")
 
 
 class BandwidthConf(PassThroughModel):
     name: str
-    runtime_config: dict[str, Any] | None = Field(None, alias="runtimeConfig")
+    runtime_config: dict[str, Any] | None = field(None, alias="runtimeConfig")
 
 
 @dataclass(frozen=True)

@@ -24,10 +24,8 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
-
 from . import attachments, invoke, netlink, netns
-from .config import PassThroughModel, parse_config
+from .config import PassThroughModel, field, parse_config
 from .firewall import attachment_tag
 from .firewall.backend import Masquerade, SpoofCheck
 from .rollback import Sweep, Undo
@@ -64,67 +62,63 @@ class IPAMSection(PassThroughModel):
 
 
 class DNSSection(PassThroughModel):
-    nameservers: list[str] = Field(default_factory=list)
+    nameservers: list[str] = field(default_factory=list)
     domain: str = ""
-    search: list[str] = Field(default_factory=list)
-    options: list[str] = Field(default_factory=list)
+    search: list[str] = field(default_factory=list)
+    options: list[str] = field(default_factory=list)
+
+
+def _bridge_name(value: str) -> str:
+    problem = ifname_problem(value)
+    if problem:
+        raise ValueError(f"bridge name {value!r} {problem}")
+    return value
+
+
+def _mtu(value: int) -> int | None:
+    if value != 0 and value < 68:
+        raise ValueError("mtu must be 0 (unset) or between 68 and 65535")
+    return value or None
 
 
 class BridgeConf(PassThroughModel):
     """The reference bridge's keys (plugins/main/bridge NetConf), same names and defaults."""
 
     name: str
-    bridge: str = Field(DEFAULT_BRIDGE, alias="bridge")
-    is_gateway: bool = Field(False, alias="isGateway")
-    is_default_gateway: bool = Field(False, alias="isDefaultGateway")
-    force_address: bool = Field(False, alias="forceAddress")
-    ip_masq: bool = Field(False, alias="ipMasq")
-    ip_masq_backend: Literal["nftables", "iptables", ""] | None = Field(None, alias="ipMasqBackend")
-    mtu: int | None = Field(None, alias="mtu", ge=0, le=65535)
-    hairpin_mode: bool = Field(False, alias="hairpinMode")
-    promisc_mode: bool = Field(False, alias="promiscMode")
-    vlan: int = Field(0, alias="vlan", ge=0, le=4094)
-    vlan_trunk: list[dict[str, Any]] | None = Field(None, alias="vlanTrunk")
-    preserve_default_vlan: bool = Field(False, alias="preserveDefaultVlan")
-    macspoofchk: bool = Field(False, alias="macspoofchk")
-    enabledad: bool = Field(False, alias="enabledad")
-    port_isolation: bool = Field(False, alias="portIsolation")
-    disable_container_interface: bool = Field(False, alias="disableContainerInterface")
+    bridge: str = field(DEFAULT_BRIDGE, check=_bridge_name)
+    is_gateway: bool = field(False, alias="isGateway")
+    is_default_gateway: bool = field(False, alias="isDefaultGateway")
+    force_address: bool = field(False, alias="forceAddress")
+    ip_masq: bool = field(False, alias="ipMasq")
+    ip_masq_backend: Literal["nftables", "iptables", ""] | None = field(None, alias="ipMasqBackend")
+    mtu: int | None = field(None, ge=0, le=65535, check=_mtu)
+    hairpin_mode: bool = field(False, alias="hairpinMode")
+    promisc_mode: bool = field(False, alias="promiscMode")
+    vlan: int = field(0, ge=0, le=4094)
+    vlan_trunk: list[dict[str, Any]] | None = field(None, alias="vlanTrunk")
+    preserve_default_vlan: bool = field(False, alias="preserveDefaultVlan")
+    macspoofchk: bool = False
+    enabledad: bool = False
+    port_isolation: bool = field(False, alias="portIsolation")
+    disable_container_interface: bool = field(False, alias="disableContainerInterface")
     # pycni: the cluster controller's status file (pycni-agent writes it into the conflist it
     # generates); STATUS answers 50 while that node has no cluster subnet.
-    cluster_status_file: str = Field("", alias="clusterStatusFile")
+    cluster_status_file: str = field("", alias="clusterStatusFile")
     # pycni: where the attachment records for network policy go (attachments.py); "" = the
     # default directory when pycni-agent enforces policy, else none.
-    attachments_dir: str = Field("", alias="attachmentsDir")
-    ipam: IPAMSection = Field(default_factory=IPAMSection)
+    attachments_dir: str = field("", alias="attachmentsDir")
+    ipam: IPAMSection = field(default_factory=IPAMSection)
     dns: DNSSection | None = None
     args: dict[str, Any] | None = None
-    runtime_config: dict[str, Any] | None = Field(None, alias="runtimeConfig")
+    runtime_config: dict[str, Any] | None = field(None, alias="runtimeConfig")
 
-    @field_validator("bridge")
-    @classmethod
-    def _bridge_name(cls, value: str) -> str:
-        problem = ifname_problem(value)
-        if problem:
-            raise ValueError(f"bridge name {value!r} {problem}")
-        return value
-
-    @field_validator("mtu")
-    @classmethod
-    def _mtu(cls, value: int | None) -> int | None:
-        if value is not None and value != 0 and value < 68:
-            raise ValueError("mtu must be 0 (unset) or between 68 and 65535")
-        return value or None
-
-    @model_validator(mode="after")
-    def _combinations(self) -> BridgeConf:
+    def _check(self) -> None:
         if self.hairpin_mode and self.promisc_mode:
             raise ValueError("hairpinMode and promiscMode cannot both be set")
         if self.is_default_gateway:
-            object.__setattr__(self, "is_gateway", True)
+            self.is_gateway = True
         if self.disable_container_interface and self.ipam.type:
             raise ValueError("disableContainerInterface cannot be used with IPAM")
-        return self
 
     @property
     def layer3(self) -> bool:

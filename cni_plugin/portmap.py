@@ -22,9 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
-
-from .config import GoCaseModel, PassThroughModel, parse_config
+from .config import GoCaseModel, PassThroughModel, field, parse_config
 from .firewall import attachment_tag
 from .firewall import portmap_render as pr
 from .rollback import Undo
@@ -45,47 +43,48 @@ from .spec.types import IPAddress, IPInterface, IPNetwork, Result
 # --- configuration ---------------------------------------------------------------------------------
 
 
+def _protocol(value: Any) -> str:
+    text = "tcp" if value in (None, "") else str(value).lower()
+    if text not in pr.PROTOCOLS:
+        raise ValueError(f"protocol {value!r} is not one of {', '.join(pr.PROTOCOLS)}")
+    return text
+
+
+def _host_ip(value: Any) -> str:
+    if value in (None, ""):
+        return ""
+    try:
+        return str(ipaddress.ip_address(str(value)))
+    except ValueError as exc:
+        raise ValueError(f"hostIP {value!r} is not an IP address") from exc
+
+
 class PortMapping(GoCaseModel):
     """One runtimeConfig.portMappings entry (CONVENTIONS.md).
 
     Keys match case-insensitively (GoCaseModel): containerd sends HostPort/ContainerPort/...
     """
 
-    host_port: int = Field(alias="hostPort", ge=1, le=65535)
-    container_port: int = Field(alias="containerPort", ge=1, le=65535)
-    protocol: str = "tcp"
-    host_ip: str = Field("", alias="hostIP")
-
-    @field_validator("protocol", mode="before")
-    @classmethod
-    def _protocol(cls, value: Any) -> str:
-        text = "tcp" if value in (None, "") else str(value).lower()
-        if text not in pr.PROTOCOLS:
-            raise ValueError(f"protocol {value!r} is not one of {', '.join(pr.PROTOCOLS)}")
-        return text
-
-    @field_validator("host_ip", mode="before")
-    @classmethod
-    def _host_ip(cls, value: Any) -> str:
-        if value in (None, ""):
-            return ""
-        try:
-            return str(ipaddress.ip_address(str(value)))
-        except ValueError as exc:
-            raise ValueError(f"hostIP {value!r} is not an IP address") from exc
+    host_port: int = field(alias="hostPort", ge=1, le=65535)
+    container_port: int = field(alias="containerPort", ge=1, le=65535)
+    protocol: str = field("tcp", before=_protocol)
+    host_ip: str = field("", alias="hostIP", before=_host_ip)
 
     @property
     def host_address(self) -> IPAddress | None:
         return ipaddress.ip_address(self.host_ip) if self.host_ip else None
 
 
-class RuntimeConfig(PassThroughModel):
-    port_mappings: list[PortMapping] = Field(default_factory=list, alias="portMappings")
+def _null_is_empty_list(value: Any) -> Any:
+    return [] if value is None else value
 
-    @field_validator("port_mappings", mode="before")
-    @classmethod
-    def _null_is_empty(cls, value: Any) -> Any:
-        return [] if value is None else value
+
+def _null_is_empty_object(value: Any) -> Any:
+    return {} if value is None else value
+
+
+class RuntimeConfig(PassThroughModel):
+    port_mappings: list[PortMapping] = field(default_factory=list, alias="portMappings", before=_null_is_empty_list)
 
 
 class PortMapConf(PassThroughModel):
@@ -93,24 +92,18 @@ class PortMapConf(PassThroughModel):
 
     name: str
     snat: bool | None = None  # unset = true
-    masq_all: bool = Field(False, alias="masqAll")
-    mark_masq_bit: int | None = Field(None, alias="markMasqBit", ge=0, le=31)
-    external_set_mark_chain: str | None = Field(None, alias="externalSetMarkChain")
-    conditions_v4: list[str] | None = Field(None, alias="conditionsV4")
-    conditions_v6: list[str] | None = Field(None, alias="conditionsV6")
+    masq_all: bool = field(False, alias="masqAll")
+    mark_masq_bit: int | None = field(None, alias="markMasqBit", ge=0, le=31)
+    external_set_mark_chain: str | None = field(None, alias="externalSetMarkChain")
+    conditions_v4: list[str] | None = field(None, alias="conditionsV4")
+    conditions_v6: list[str] | None = field(None, alias="conditionsV6")
     backend: Literal["nftables", "iptables", ""] | None = None
-    runtime_config: RuntimeConfig = Field(default_factory=RuntimeConfig, alias="runtimeConfig")
+    runtime_config: RuntimeConfig = field(default_factory=RuntimeConfig, alias="runtimeConfig",
+                                        before=_null_is_empty_object)
 
-    @field_validator("runtime_config", mode="before")
-    @classmethod
-    def _null_runtime(cls, value: Any) -> Any:
-        return {} if value is None else value
-
-    @model_validator(mode="after")
-    def _combinations(self) -> PortMapConf:
+    def _check(self) -> None:
         if self.mark_masq_bit is not None and self.external_set_mark_chain is not None:
             raise ValueError("markMasqBit and externalSetMarkChain cannot both be set")
-        return self
 
     @property
     def snat_on(self) -> bool:

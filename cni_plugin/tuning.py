@@ -24,19 +24,18 @@ DEL removes the state file also when the pod namespace is gone; STATUS and GC ex
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
 import sys
 import tempfile
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field, field_validator
-
 from . import netlink, netns
-from .config import PassThroughModel, parse_config
+from .config import PassThroughModel, field, parse_config
 from .rollback import Undo
 from .spec.errors import (
     CheckFailed,
@@ -69,9 +68,9 @@ class ArgsCNI(PassThroughModel):
     sysctl: dict[str, SysctlValue] | None = None
     mac: str | None = None
     promisc: bool | None = None
-    mtu: int | None = Field(None, ge=0, le=65535)
+    mtu: int | None = field(None, ge=0, le=65535)
     allmulti: bool | None = None
-    txqlen: int | None = Field(None, alias="txQLen", ge=0)
+    txqlen: int | None = field(None, alias="txQLen", ge=0)
 
 
 class Args(PassThroughModel):
@@ -82,27 +81,26 @@ class RuntimeConfig(PassThroughModel):
     mac: str = ""
 
 
+def _absolute(value: str) -> str:
+    value = value or DEFAULT_DATA_DIR
+    if not os.path.isabs(value):
+        raise ValueError("dataDir must be an absolute path")
+    return value
+
+
 class TuningConf(PassThroughModel):
     """The reference tuning's keys (plugins/meta/tuning TuningConf), same names and defaults."""
 
     name: str
-    data_dir: str = Field(DEFAULT_DATA_DIR, alias="dataDir")
+    data_dir: str = field(DEFAULT_DATA_DIR, alias="dataDir", check=_absolute)
     sysctl: dict[str, SysctlValue] | None = None
     mac: str = ""
     promisc: bool = False
-    mtu: int = Field(0, ge=0, le=65535)
-    txqlen: int | None = Field(None, alias="txQLen", ge=0)
+    mtu: int = field(0, ge=0, le=65535)
+    txqlen: int | None = field(None, alias="txQLen", ge=0)
     allmulti: bool | None = None
-    runtime_config: RuntimeConfig | None = Field(None, alias="runtimeConfig")
+    runtime_config: RuntimeConfig | None = field(None, alias="runtimeConfig")
     args: Args | None = None
-
-    @field_validator("data_dir")
-    @classmethod
-    def _absolute(cls, value: str) -> str:
-        value = value or DEFAULT_DATA_DIR
-        if not os.path.isabs(value):
-            raise ValueError("dataDir must be an absolute path")
-        return value
 
 
 @dataclass(frozen=True)
@@ -169,7 +167,7 @@ def valid_mac(mac: str, where: str) -> str:
 
 def make_plan(conf: TuningConf, ifname: str, cni_args_mac: str = "") -> Plan:
     """Merge config, CNI_ARGS, runtimeConfig and args.cni (reference parseConf order)."""
-    cni = conf.args.cni if conf.args is not None and conf.args.cni is not None else ArgsCNI.model_validate({})
+    cni = conf.args.cni if conf.args is not None and conf.args.cni is not None else ArgsCNI()
     sysctls: dict[str, SysctlValue] = dict(conf.sysctl or {})
     sysctls.update(cni.sysctl or {})
     mac, where = conf.mac, "mac"
@@ -286,7 +284,7 @@ class Saved:
     promisc: bool | None = None
     allmulti: bool | None = None
     txqlen: int | None = None
-    sysctl: dict[str, str] = field(default_factory=dict)
+    sysctl: dict[str, str] = dataclasses.field(default_factory=dict)
     network: str = ""
 
     def to_json(self) -> dict[str, Any]:

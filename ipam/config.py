@@ -1,4 +1,4 @@
-"""The host-local `ipam` section: pydantic models with the reference key names, and the merge rules.
+"""The host-local `ipam` section: config models with the reference key names, and the merge rules.
 
 Keys (plugins/ipam/host-local/backend/allocator/config.go), all under `ipam` unless noted:
 - `ranges`: list of range sets, each a list of `{subnet, rangeStart, rangeEnd, gateway}`;
@@ -18,9 +18,7 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import Field
-
-from cni_plugin.config import PassThroughModel, parse_config
+from cni_plugin.config import PassThroughModel, field, parse_config
 from cni_plugin.spec.errors import InvalidConfig
 from cni_plugin.spec.types import DNS, IPAddress, Route
 from cni_plugin.spec.version import at_least
@@ -50,20 +48,20 @@ class RouteModel(PassThroughModel):
 
 class IPAMSection(PassThroughModel):
     type: str = ""
-    ranges: list[list[RangeModel]] = Field(default_factory=list)
+    ranges: list[list[RangeModel]] = field(default_factory=list)
     subnet: str | None = None
     rangeStart: str | None = None
     rangeEnd: str | None = None
     gateway: str | None = None
-    routes: list[RouteModel] = Field(default_factory=list)
+    routes: list[RouteModel] = field(default_factory=list)
     dataDir: str = DEFAULT_DATA_DIR
     resolvConf: str = ""
     reclaimOnReboot: bool = True
-    lockTimeout: float = Field(default=DEFAULT_LOCK_TIMEOUT, gt=0, le=600)
+    lockTimeout: float = field(DEFAULT_LOCK_TIMEOUT, gt=0, le=600)
 
 
 class CNIArgsModel(PassThroughModel):
-    ips: list[str] = Field(default_factory=list)
+    ips: list[str] = field(default_factory=list)
 
 
 class ArgsModel(PassThroughModel):
@@ -71,8 +69,8 @@ class ArgsModel(PassThroughModel):
 
 
 class RuntimeConfigModel(PassThroughModel):
-    ips: list[str] = Field(default_factory=list)
-    ipRanges: list[list[RangeModel]] = Field(default_factory=list)
+    ips: list[str] = field(default_factory=list)
+    ipRanges: list[list[RangeModel]] = field(default_factory=list)
 
 
 class NetConfModel(PassThroughModel):

@@ -3,8 +3,8 @@
 pycni's own plugins call `HANDLERS.add/delete/check/status/gc` in-process with their CmdArgs
 (`config` = the whole network config, `ipam` inside), exactly what an exec'd IPAM would get.
 
-Hot path: DEL needs only `dataDir` and never imports pydantic (ipam.config); ADD/CHECK/STATUS
-import it on first use.
+Hot path: DEL needs only `dataDir` and never imports the config models (ipam.config);
+ADD/CHECK/STATUS import them on first use.
 """
 
 from __future__ import annotations

@@ -34,9 +34,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..config import PassThroughModel, parse_config
 from ..spec.types import IPAddress, IPNetwork
 
 BACKENDS = ("host-gw", "vxlan", "auto", "bgp")
@@ -74,6 +73,25 @@ class SubnetExhausted(DatastoreError):
 
 class NotReady(DatastoreError):
     """The node has no subnet yet (Kubernetes: spec.podCIDRs unset) or no cluster config."""
+
+
+class PassThroughModel(BaseModel):
+    """Base of the cluster config models: unknown keys are kept, values are immutable once parsed.
+
+    pydantic is fine here: the agent parses the cluster config once at start. The CNI plugins'
+    models (cni_plugin.config) are plain code, as every plugin exec pays for its imports.
+    """
+
+    model_config = ConfigDict(extra="allow", frozen=True, populate_by_name=True)
+
+
+def _validated(model: type[ClusterConfigModel], data: Any) -> ClusterConfigModel:
+    """`data` as `model`; ClusterConfigError naming every bad key (`cluster.backend.vni: ...`)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        problems = [f"cluster.{'.'.join(str(p) for p in e['loc']) or '(config)'}: {e['msg']}" for e in exc.errors()]
+        raise ClusterConfigError("; ".join(problems)) from exc
 
 
 class BgpPeerModel(PassThroughModel):
@@ -248,11 +266,7 @@ def parse_cluster_config(data: Any) -> ClusterConfig:
             data = json.loads(data)
         except ValueError as exc:
             raise ClusterConfigError(f"cluster config is not JSON: {exc}") from exc
-    try:
-        model = parse_config(ClusterConfigModel, data, "cluster")
-    except Exception as exc:  # InvalidConfig (code 7) carries the key path in its details
-        details = getattr(exc, "details", "") or str(exc)
-        raise ClusterConfigError(details) from exc
+    model = _validated(ClusterConfigModel, data)
     b = model.backend
     return ClusterConfig(
         cluster_cidrs=tuple(ipaddress.ip_network(c) for c in model.clusterCIDRs),

@@ -22,9 +22,7 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from pydantic import Field, field_validator
-
-from ..config import PassThroughModel, parse_config
+from ..config import PassThroughModel, field, parse_config
 from ..rollback import Sweep, Undo
 from ..spec.errors import (
     CheckFailed,
@@ -46,22 +44,21 @@ _CHAIN_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_.-]{0,27}$")  # iptables: 28 char
 IPTABLES_CANDIDATES = ("/usr/sbin", "/sbin", "/usr/bin", "/bin")
 
 
+def _admin_chain(value: str) -> str:
+    value = value or pr.DEFAULT_ADMIN_CHAIN
+    if not _CHAIN_NAME.match(value):
+        raise ValueError("must be 1-28 characters: a letter, then letters, digits, '_', '.' or '-'")
+    if value.startswith(RESERVED_PREFIXES) or value in ("FORWARD", pr.FORWARD_CHAIN, pr.STAGE1, pr.STAGE2):
+        raise ValueError(f"{value!r} is a name pycni uses for its own chains")
+    return value
+
+
 class FirewallConf(PassThroughModel):
     name: str
     backend: Literal["", "nftables", "iptables", "firewalld"] = "nftables"
-    admin_chain: str = Field(pr.DEFAULT_ADMIN_CHAIN, alias="iptablesAdminChainName")
-    firewalld_zone: str = Field("trusted", alias="firewalldZone")
-    ingress_policy: Literal["", "open", "same-bridge", "isolated"] = Field("open", alias="ingressPolicy")
-
-    @field_validator("admin_chain")
-    @classmethod
-    def _admin(cls, value: str) -> str:
-        value = value or pr.DEFAULT_ADMIN_CHAIN
-        if not _CHAIN_NAME.match(value):
-            raise ValueError("must be 1-28 characters: a letter, then letters, digits, '_', '.' or '-'")
-        if value.startswith(RESERVED_PREFIXES) or value in ("FORWARD", pr.FORWARD_CHAIN, pr.STAGE1, pr.STAGE2):
-            raise ValueError(f"{value!r} is a name pycni uses for its own chains")
-        return value
+    admin_chain: str = field(pr.DEFAULT_ADMIN_CHAIN, alias="iptablesAdminChainName", check=_admin_chain)
+    firewalld_zone: str = field("trusted", alias="firewalldZone")
+    ingress_policy: Literal["", "open", "same-bridge", "isolated"] = field("open", alias="ingressPolicy")
 
     @property
     def policy(self) -> str:

@@ -2,7 +2,7 @@
 
 The class carries the spec code (SPEC §5, pkg/types/types.go); the dispatcher prints
 ``{cniVersion, code, msg, details}`` on stdout and exits 1. Owning modules translate foreign
-exceptions (NetlinkError, OSError, pydantic's ValidationError) into these at their boundary with
+exceptions (NetlinkError, OSError, a config model's ValueError) into these at their boundary with
 ``raise ... from exc``; anything that escapes untranslated becomes InternalError (999).
 
 Codes 1-11 and 50/51 are the spec's; 100 and above are pycni's own and are listed in the README.

@@ -111,3 +111,32 @@ def test_an_installed_executable_answers_version_with_the_interpreters_own_modul
     loaded = proc.stderr.decode().split()
     assert "cni_plugin.spec.plugin" in loaded  # the detector sees what the answer imported
     assert [m for m in loaded if not m.startswith("cni_plugin")] == ["__future__", "_json"]
+
+
+PLUGIN_MODULES = ("cni_plugin.bridge", "ipam.main", "ipam.config", "cni_plugin.tuning", "cni_plugin.portmap",
+                  "cni_plugin.bandwidth", "cni_plugin.firewall.plugin", "cni_plugin.loopback")
+
+
+def pydantic_after_importing(*modules: str) -> list[str]:
+    """The pydantic modules loaded by a fresh `python -IS` that imports `modules`, with the
+    sys.path of an installed shim (the repo and the venv's site-packages, nothing from the env)."""
+    site_packages = [p for p in sys.path if p.endswith("site-packages")]
+    code = (
+        "import json, sys; sys.path[:0] = sys.argv[1:]\n"
+        f"for name in {modules!r}: __import__(name)\n"
+        "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in ('pydantic', 'pydantic_core'))))"
+    )
+    proc = subprocess.run([sys.executable, "-IS", "-c", code, str(REPO), *site_packages],
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def test_no_plugin_module_imports_pydantic() -> None:
+    # The config models are plain code (cni_plugin.config): a plugin exec must not pay ~50 ms for
+    # pydantic. Only the agent's cluster config (parsed once at start) uses it.
+    assert pydantic_after_importing(*PLUGIN_MODULES) == []
+
+
+def test_the_check_can_see_pydantic() -> None:
+    assert "pydantic" in pydantic_after_importing("cni_plugin.cluster.model")
