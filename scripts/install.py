@@ -103,7 +103,7 @@ def shim_text(
         f"sys.path[:0] = {site_dirs!r}\n"
         "sys.dont_write_bytecode = True\n"
         "from cni_plugin.entry import main\n"
-        f"sys.exit(main({plugin!r}))\n"
+        f"sys.exit(main({plugin!r}, exit_after_version=True))\n"
     )
 
 

@@ -2,7 +2,7 @@
 
 Environ and the three streams are parameters, so every error path is testable in-process
 (after pkg/skel/skel.go). Handlers are loaded lazily: VERSION and the env/config checks never
-import the plugin module, and so never pay for pyroute2 or pydantic.
+import the plugin module, and so never pay for pyroute2.
 """
 
 from __future__ import annotations

@@ -140,3 +140,18 @@ def test_no_plugin_module_imports_pydantic() -> None:
 
 def test_the_check_can_see_pydantic() -> None:
     assert "pydantic" in pydantic_after_importing("cni_plugin.cluster.model")
+
+
+def test_an_installed_executable_ends_right_after_the_version_answer() -> None:
+    # exit_after_version skips finalization: the answer must be complete and the status 0 anyway,
+    # also through a pipe (flushed before the process ends).
+    code = f"import sys\nsys.path[:0] = [{str(REPO)!r}]\nfrom cni_plugin.entry import main\n" \
+           "sys.exit(main('loopback', exit_after_version=True))\n"
+    proc = subprocess.run(
+        [sys.executable, "-IS", "-c", code], input=b'{"cniVersion": "0.4.0"}', capture_output=True, timeout=30,
+        env={"CNI_COMMAND": "VERSION", "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.returncode == 0, proc.stderr
+    from cni_plugin.spec.version import ALL_VERSIONS
+
+    assert json.loads(proc.stdout) == {"cniVersion": "0.4.0", "supportedVersions": list(ALL_VERSIONS)}
