@@ -21,8 +21,7 @@ import hashlib
 import ipaddress
 import sys
 import time
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from . import attachments, invoke, netlink, netns
 from .config import PassThroughModel, field, parse_config
@@ -168,8 +167,7 @@ def host_veth_name(container_id: str, ifname: str) -> str:
 # --- pure result shaping -------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class L3Plan:
+class L3Plan(NamedTuple):
     ips: tuple[IPConfig, ...]
     routes: tuple[Route, ...]
     bridge_addresses: tuple[Any, ...]  # gateway ip_interface values for the bridge

@@ -18,7 +18,6 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from typing import Any
 
 from .spec import convert
@@ -144,7 +143,7 @@ def _delegate(verb: str, plugin_type: str, args: CmdArgs, config: dict[str, Any]
     config = args.config if config is None else config
     handlers = _load_in_process(plugin_type, args.path)
     if handlers is not None:
-        sub = replace(args, command=verb, config=config, stdin_data=json.dumps(config).encode())
+        sub = args._replace(command=verb, config=config, stdin_data=json.dumps(config).encode())
         return handlers.for_verb(verb)(sub)
     try:
         return exec_plugin(plugin_type, verb, args, config)

@@ -17,14 +17,12 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import IO, Any, Literal
+from typing import IO, Any, Literal, NamedTuple
 
 from .spec.errors import CNIError, NotFound
 
 
-@dataclass
-class _Step:
+class _Step(NamedTuple):
     what: str
     fn: Callable[..., Any]
     args: tuple[Any, ...]

@@ -13,7 +13,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cni_plugin.spec.errors import AddressExhausted, AddressUnavailable, DuplicateAllocation
 from cni_plugin.spec.types import IPAddress
@@ -22,8 +22,7 @@ from .ranges import Range, RangeSet
 from .store import Owner, Store
 
 
-@dataclass(frozen=True)
-class Allocation:
+class Allocation(NamedTuple):
     set_index: int
     ip: IPAddress
     range: Range

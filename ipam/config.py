@@ -15,8 +15,7 @@ Pure: no file access here (resolv.conf text is parsed by `parse_resolv_conf`; ma
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from cni_plugin.config import PassThroughModel, field, parse_config
 from cni_plugin.spec.errors import InvalidConfig
@@ -81,8 +80,7 @@ class NetConfModel(PassThroughModel):
     runtimeConfig: RuntimeConfigModel | None = None
 
 
-@dataclass(frozen=True)
-class IPAMConfig:
+class IPAMConfig(NamedTuple):
     network: str
     range_sets: tuple[RangeSet, ...]
     requested: tuple[IPAddress, ...]

@@ -39,7 +39,7 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cni_plugin.spec.errors import IOFailure, StoreFailure, TryAgainLater
 from cni_plugin.spec.types import IPAddress
@@ -85,8 +85,7 @@ def owner_key(owner: Owner) -> str:
     return hashlib.sha256(owner.file_content().encode()).hexdigest()[:40]
 
 
-@dataclass(frozen=True)
-class Entry:
+class Entry(NamedTuple):
     ip: IPAddress
     owner: Owner
     mtime: float

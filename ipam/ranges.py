@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from cni_plugin.spec.errors import InvalidConfig
 from cni_plugin.spec.types import IPAddress, IPNetwork
@@ -31,8 +31,7 @@ def parse_ip(value: object, where: str) -> IPAddress:
         raise InvalidConfig("invalid network configuration", f"{where}: {exc}") from exc
 
 
-@dataclass(frozen=True)
-class Range:
+class Range(NamedTuple):
     subnet: IPNetwork
     start: IPAddress
     end: IPAddress
@@ -108,8 +107,7 @@ def make_range(
     return Range(subnet=net, start=start, end=end, gateway=gw)
 
 
-@dataclass(frozen=True)
-class RangeSet:
+class RangeSet(NamedTuple):
     """One or more ranges of one family; one address is allocated per set."""
 
     ranges: tuple[Range, ...]

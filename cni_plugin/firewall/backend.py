@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from ..spec.types import IPAddress, IPInterface
 
 
-@dataclass(frozen=True)
-class MasqEntry:
+class MasqEntry(NamedTuple):
     """One pod address in a network's masquerade set, tagged with its attachment's hash."""
 
     address: IPAddress
     tag: str
 
 
-@dataclass(frozen=True)
-class SpoofEntry:
+class SpoofEntry(NamedTuple):
     """A macspoofchk element: host veth (and, in spoof_allowed, the only MAC it may send from)."""
 
     host_if: str

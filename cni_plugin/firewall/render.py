@@ -38,8 +38,7 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..spec.types import IPInterface
 from .backend import MasqEntry, SpoofEntry
@@ -194,8 +193,7 @@ def element_count(listing: dict[str, Any], names: Iterable[str]) -> int:
     return total
 
 
-@dataclass(frozen=True)
-class RemovalPlan:
+class RemovalPlan(NamedTuple):
     """What a DEL/GC does to one network: `script` is "" when there is nothing to change."""
 
     removed: tuple[MasqEntry, ...]

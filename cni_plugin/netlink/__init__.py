@@ -19,8 +19,7 @@ import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from .. import netns
 from ..spec.errors import InterfaceExists, LinkConflict, LinkNotFound, NetlinkFailure
@@ -47,9 +46,8 @@ GONE_ERRNOS = (errno.ENODEV, errno.ENOENT)
 OPERSTATE_DELAYS = (0.0, 0.001, 0.002, 0.004, 0.008, 0.016, 0.032, 0.064, 0.128, 0.3, 0.5, 1.0, 0.5)
 
 
-@dataclass(frozen=True)
-class LinkInfo:
-    index: int
+class LinkInfo(NamedTuple):
+    index: int  # type: ignore[assignment]  # shadows tuple.index(), which nothing calls on a LinkInfo
     name: str
     kind: str
     mac: str

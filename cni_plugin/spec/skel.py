@@ -14,8 +14,8 @@ import sys
 import time
 import traceback
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import IO, Any
+from types import MappingProxyType
+from typing import IO, Any, NamedTuple
 
 from . import convert
 from .errors import (
@@ -37,6 +37,7 @@ __all__ = ["CmdArgs", "Handlers", "Plugin", "dispatch", "main", "parse_cni_args"
 VERBS = ("ADD", "DEL", "CHECK", "VERSION", "STATUS", "GC")
 # GC's list of attachments to keep: libcni sends both keys (cni#1101); 1.1.0 names the first.
 GC_ATTACHMENT_KEYS = ("cni.dev/valid-attachments", "cni.dev/attachments")
+NO_ENVIRON: Mapping[str, str] = MappingProxyType({})  # CmdArgs built without one (tests, delegates)
 
 # SPEC §2 and pkg/skel: which CNI_* variables each verb needs.
 REQUIRED_ENV: dict[str, tuple[str, ...]] = {
@@ -80,8 +81,7 @@ def parse_cni_args(raw: str) -> dict[str, str]:
     return pairs
 
 
-@dataclass(frozen=True)
-class CmdArgs:
+class CmdArgs(NamedTuple):
     """One invocation, as the handlers see it."""
 
     command: str
@@ -93,7 +93,7 @@ class CmdArgs:
     stdin_data: bytes
     config: dict[str, Any]
     cni_version: str
-    environ: Mapping[str, str] = field(default_factory=dict)
+    environ: Mapping[str, str] = NO_ENVIRON
 
     @property
     def network_name(self) -> str:
@@ -143,8 +143,7 @@ class CmdArgs:
         return valid
 
 
-@dataclass(frozen=True)
-class Handlers:
+class Handlers(NamedTuple):
     add: Callable[[CmdArgs], Result]
     delete: Callable[[CmdArgs], None]
     check: Callable[[CmdArgs], None]

@@ -7,15 +7,14 @@ version the runtime asked for, and parses any older wire format back into it.
 from __future__ import annotations
 
 import ipaddress
-from dataclasses import dataclass, field, replace
+from typing import NamedTuple
 
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
-@dataclass(frozen=True)
-class Interface:
+class Interface(NamedTuple):
     name: str
     mac: str = ""
     sandbox: str = ""
@@ -25,8 +24,7 @@ class Interface:
     pci_id: str = ""
 
 
-@dataclass(frozen=True)
-class IPConfig:
+class IPConfig(NamedTuple):
     address: IPInterface
     gateway: IPAddress | None = None
     # Index into Result.interfaces; None for IPAM results, which carry no interfaces.
@@ -37,8 +35,7 @@ class IPConfig:
         return self.address.version
 
 
-@dataclass(frozen=True)
-class Route:
+class Route(NamedTuple):
     dst: IPNetwork
     gw: IPAddress | None = None
     # 1.1.0 additions.
@@ -49,8 +46,7 @@ class Route:
     scope: int | None = None
 
 
-@dataclass(frozen=True)
-class DNS:
+class DNS(NamedTuple):
     nameservers: tuple[str, ...] = ()
     domain: str = ""
     search: tuple[str, ...] = ()
@@ -60,12 +56,11 @@ class DNS:
         return not (self.nameservers or self.domain or self.search or self.options)
 
 
-@dataclass(frozen=True)
-class Result:
+class Result(NamedTuple):
     interfaces: tuple[Interface, ...] = ()
     ips: tuple[IPConfig, ...] = ()
     routes: tuple[Route, ...] = ()
-    dns: DNS = field(default_factory=DNS)
+    dns: DNS = DNS()
 
     def with_changes(self, **changes: object) -> Result:
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return self._replace(**changes)  # type: ignore[arg-type]
