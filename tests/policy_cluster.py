@@ -257,9 +257,13 @@ class FakeCluster:
         errors = {n.name: n.controller.last.error for n in self.nodes.values() if n.controller}
         raise TimeoutError(f"revision {revision} not applied within {timeout}s: {errors}")
 
-    def matrix(self, port: int, protocol: str, timeout: float = 1.0,
+    def matrix(self, port: int, protocol: str, timeout: float = 2.5,
                pairs: list[tuple[str, str]] | None = None) -> dict[tuple[str, str], bool]:
-        """Every pod to every other pod (or `pairs`), concurrently."""
+        """Every pod to every other pod (or `pairs`), concurrently.
+
+        The default timeout outlasts TCP's first SYN retransmission (1 s): an allowed pair whose
+        first SYN was lost (a neighbour entry still being resolved, on a node shared by the whole
+        suite) still reads as reachable. Probes that only expect "denied" pass a short timeout."""
         if pairs is None:
             pairs = [(a, b) for a in self.pods for b in self.pods if a != b]
         with ThreadPoolExecutor(max_workers=min(96, len(pairs) or 1)) as pool:
